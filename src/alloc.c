@@ -1,0 +1,262 @@
+/* alloc.c - the hm_ API: dispatch of every request to its tier, the slow paths behind the
+ * inline fast paths, realloc, the aligned family, calloc, usable size.
+ *
+ * Semantics follow glibc: malloc(0) is a unique 16-byte block; sizes above PTRDIFF_MAX and
+ * overflowing products give NULL with errno ENOMEM; bad alignments give EINVAL;
+ * realloc(p, 0) frees p and returns NULL; a failed realloc leaves the block as it was;
+ * free preserves errno. */
+#include <string.h>
+#include <unistd.h>
+
+#include "alloc_inline.h"
+#include "hmalloc.h"
+
+/* ---- slow paths ---- */
+void hmi_invalid_pointer(const char *caller, void *p) {
+  hmi_fatal("hmalloc: %s(): invalid pointer %p\n", caller, p);
+}
+
+void *hmi_alloc_small_slow(unsigned cls) {
+  void *p = hmi_tcache_alloc_slow(cls);
+  if (HM_UNLIKELY(p == NULL)) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  hmi_tcache.stats.malloc_count++;
+  return p;
+}
+
+void *hmi_alloc_big(size_t size) {
+  hmi_ensure_init();
+  void *p = NULL;
+  if (HM_UNLIKELY(size > PTRDIFF_MAX)) goto fail;
+  if (size >= hmi_options.mmap_threshold) p = hmi_large_alloc(size, HM_ALIGN);
+  else p = hmi_arena_alloc(hmi_arena_pick(), size, HM_ALIGN);
+  if (p == NULL) goto fail;
+  hmi_tcache.stats.malloc_count++;
+  return p;
+fail:
+  errno = ENOMEM;
+  return NULL;
+}
+
+void hmi_free_slow(void *p, hm_pmentry_t e, const char *caller) {
+  if (e & HM_PM_SMALL) hmi_invalid_pointer(caller, p); /* inside a span, not an object start */
+  int saved = errno; /* munmap, madvise and brk may set it; free must not */
+  if (e & HM_PM_MEDIUM) {
+    hmi_arena_free(p, HM_PM_PTR(e));
+  } else if (e & HM_PM_LARGE) {
+    hm_large_t *h = hmi_large_of(p, e);
+    if (h == NULL) hmi_invalid_pointer(caller, p);
+    hmi_large_free(h);
+  } else {
+    hmi_invalid_pointer(caller, p);
+  }
+  hmi_tcache.stats.free_count++;
+  errno = saved;
+}
+
+/* Usable size of a block known to be valid; aborts on a pointer hmalloc did not hand out. */
+size_t hmi_usable(void *p, const char *caller) {
+  hm_pmentry_t e = hmi_pagemap_get((uintptr_t)p);
+  if (e & HM_PM_SMALL) {
+    const hm_span_t *s = HM_PM_PTR(e);
+    unsigned cls = HM_PM_CLASS(e);
+    uint32_t off = (uint32_t)((uintptr_t)p - s->start);
+    uint32_t idx = hmi_class_div(off, cls);
+    if (idx * hmi_class_size[cls] != off || idx >= s->capacity) hmi_invalid_pointer(caller, p);
+    return hmi_class_size[cls];
+  }
+  if (e & HM_PM_MEDIUM) {
+    hm_chunk_t *c = hmi_arena_chunk_of(p, HM_PM_PTR(e));
+    if (c == NULL || !(c->size_flags & HM_CH_INUSE)) hmi_invalid_pointer(caller, p);
+    return hmi_arena_usable(p);
+  }
+  if (e & HM_PM_LARGE) {
+    hm_large_t *h = hmi_large_of(p, e);
+    if (h == NULL) hmi_invalid_pointer(caller, p);
+    return hmi_large_usable(h);
+  }
+  hmi_invalid_pointer(caller, p);
+}
+
+/* ---- aligned allocation ---- */
+/* alignment: a power of two. */
+static void *alloc_aligned(size_t alignment, size_t size) {
+  if (alignment <= HM_ALIGN) return hm_alloc_inline(size);
+  hmi_ensure_init();
+  if (size > PTRDIFF_MAX || alignment > PTRDIFF_MAX / 2 || size > PTRDIFF_MAX - alignment) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  void *p;
+  if (size <= HM_SMALL_MAX && alignment <= HM_PAGE) {
+    /* Spans start on a page and objects sit at multiples of the class size, so a class whose
+     * size is a multiple of the alignment gives aligned objects. */
+    unsigned cls = hmi_size_class(size > alignment ? size : alignment);
+    while (hmi_class_size[cls] % alignment != 0) cls++;
+    return hm_alloc_inline(hmi_class_size[cls]);
+  }
+  if (size + alignment < hmi_options.mmap_threshold && alignment <= ((size_t)1 << 20))
+    p = hmi_arena_alloc(hmi_arena_pick(), size, alignment);
+  else
+    p = hmi_large_alloc(size, alignment);
+  if (p == NULL) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  hmi_tcache.stats.malloc_count++;
+  return p;
+}
+
+static inline bool is_pow2(size_t x) { return x != 0 && (x & (x - 1)) == 0; }
+
+/* ---- the API ---- */
+HM_API void *hm_malloc(size_t size) { return hm_alloc_inline(size); }
+
+HM_API void hm_free(void *p) { hm_free_inline(p, "free"); }
+
+HM_API void *hm_calloc(size_t count, size_t size) {
+  size_t total;
+  if (__builtin_mul_overflow(count, size, &total)) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  void *p = hm_alloc_inline(total);
+  if (p == NULL) return NULL;
+  hm_pmentry_t e = hmi_pagemap_get((uintptr_t)p);
+  /* A fresh large mapping is already zero; everything else may be reused memory. */
+  if ((e & 7) == HM_PM_LARGE) return p;
+  memset(p, 0, (e & HM_PM_SMALL) ? hmi_class_size[HM_PM_CLASS(e)] : hmi_arena_usable(p));
+  return p;
+}
+
+/* Allocate, copy, free: the move that realloc falls back to. */
+static void *realloc_move(void *p, size_t old_usable, size_t size) {
+  void *q = hm_alloc_inline(size);
+  if (q == NULL) return NULL; /* the old block stays as it was */
+  memcpy(q, p, old_usable < size ? old_usable : size);
+  hm_free_inline(p, "realloc");
+  return q;
+}
+
+HM_API void *hm_realloc(void *p, size_t size) {
+  if (p == NULL) return hm_alloc_inline(size);
+  if (size == 0) {
+    hm_free_inline(p, "realloc");
+    return NULL;
+  }
+  hmi_tcache.stats.realloc_count++;
+  if (size > PTRDIFF_MAX) {
+    hmi_usable(p, "realloc"); /* still refuse a bad pointer */
+    errno = ENOMEM;
+    return NULL;
+  }
+  hm_pmentry_t e = hmi_pagemap_get((uintptr_t)p);
+  size_t usable = hmi_usable(p, "realloc");
+  if (e & HM_PM_SMALL) {
+    /* Same class: nothing to do.  Another class: move (a shrink then frees memory). */
+    if (size <= HM_SMALL_MAX && hmi_size_class(size) == HM_PM_CLASS(e)) return p;
+    return realloc_move(p, usable, size);
+  }
+  if (e & HM_PM_MEDIUM) {
+    if (size > HM_SMALL_MAX && size < hmi_options.mmap_threshold &&
+        hmi_arena_resize(p, HM_PM_PTR(e), size))
+      return p;
+    return realloc_move(p, usable, size);
+  }
+  /* large */
+  if (size >= hmi_options.mmap_threshold) {
+    void *q = hmi_large_realloc(hmi_large_of(p, e), size);
+    if (q != NULL) return q;
+  }
+  return realloc_move(p, usable, size);
+}
+
+HM_API void *hm_reallocarray(void *p, size_t count, size_t size) {
+  size_t total;
+  if (__builtin_mul_overflow(count, size, &total)) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  return hm_realloc(p, total);
+}
+
+HM_API int hm_posix_memalign(void **out, size_t alignment, size_t size) {
+  if (!is_pow2(alignment) || alignment % sizeof(void *) != 0) return EINVAL;
+  int saved = errno;
+  void *p = alloc_aligned(alignment, size);
+  if (p == NULL) {
+    errno = saved;
+    return ENOMEM;
+  }
+  *out = p;
+  return 0;
+}
+
+HM_API void *hm_aligned_alloc(size_t alignment, size_t size) {
+  if (!is_pow2(alignment)) {
+    errno = EINVAL;
+    return NULL;
+  }
+  return alloc_aligned(alignment, size);
+}
+
+HM_API void *hm_memalign(size_t alignment, size_t size) {
+  /* glibc: alignments above half the address space are EINVAL; others are rounded up to a
+   * power of two. */
+  if (alignment > SIZE_MAX / 2 + 1) {
+    errno = EINVAL;
+    return NULL;
+  }
+  if (!is_pow2(alignment)) {
+    size_t a = HM_ALIGN;
+    while (a < alignment) a <<= 1;
+    alignment = a;
+  }
+  return alloc_aligned(alignment, size);
+}
+
+HM_API void *hm_valloc(size_t size) { return alloc_aligned(HM_PAGE, size); }
+
+HM_API void *hm_pvalloc(size_t size) {
+  if (size > PTRDIFF_MAX) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  size_t rounded = size == 0 ? HM_PAGE : hm_align_up(size, HM_PAGE);
+  return alloc_aligned(HM_PAGE, rounded);
+}
+
+HM_API size_t hm_malloc_usable_size(void *p) {
+  if (p == NULL) return 0;
+  return hmi_usable(p, "malloc_usable_size");
+}
+
+HM_API int hm_malloc_trim(size_t pad) {
+  hmi_ensure_init();
+  hmi_span_release_empty();
+  int released = 0;
+  for (unsigned i = 0; i < hmi_arena_count; i++)
+    released |= hmi_arena_trim(hmi_arenas[i], pad, true);
+  return released;
+}
+
+HM_API int hm_mallopt(int param, int value) {
+  hmi_ensure_init();
+  switch (param) {
+    case M_MMAP_THRESHOLD:
+      /* glibc refuses values above its maximum (32 MiB on 64-bit) */
+      if (value < 0 || (size_t)value > HM_MAX_MMAP_THRESHOLD) return 0;
+      hmi_options.mmap_threshold = (size_t)value < HM_PAGE ? HM_PAGE : (size_t)value;
+      return 1;
+    case M_TRIM_THRESHOLD:
+      hmi_options.trim_threshold = value < 0 ? SIZE_MAX : (size_t)value;
+      return 1;
+    case M_TOP_PAD: case M_MMAP_MAX: case M_ARENA_MAX: case M_ARENA_TEST:
+    case M_PERTURB: case M_CHECK_ACTION: case M_MXFAST:
+      return 1; /* accepted for compatibility; hmalloc has no such knob */
+    default:
+      return 0;
+  }
+}

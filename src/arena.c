@@ -1,0 +1,634 @@
+/* arena.c - the medium tier: boundary-tagged chunks in segments, TLSF-style free bins.
+ *
+ * Invariants (checked by hmi_arena_check):
+ *  - A segment is a run of chunks from seg->start to a zero-size in-use sentinel header at
+ *    seg->end - 16.  Chunk sizes are multiples of 16 and at least HM_CHUNK_MIN.
+ *  - Every header carries check == address ^ hmi_secret, so a pointer into user data is never
+ *    mistaken for a chunk.  HM_CH_PREV_INUSE of a chunk mirrors HM_CH_INUSE of its
+ *    predecessor; a free chunk's last word (footer) repeats its size.
+ *  - No two free chunks are adjacent: free() merges with both neighbours.
+ *  - Every free chunk is on exactly the bin list mapping(size) names, and the bitmaps have a
+ *    bit set exactly for the non-empty lists.
+ *  - The user area of the first chunk of every segment is page aligned, and so is every span
+ *    (spans are 64 KiB chunks whose user area starts on a page), which lets spans pack
+ *    back to back without gaps.
+ * Locking: everything in an arena is under arena->lock.  The segment list is only changed
+ * under it too.  The page map entries of a segment's pages are written by whoever adds or
+ * removes the segment, under the lock.
+ * Growth: the main arena grows its brk segment with sbrk in steps of at least HM_GROW_MIN;
+ * if sbrk fails (something mapped above the break, or RLIMIT_DATA), it carries on with
+ * mmap'ed segments, as do the other arenas.  The free top of the brk heap is given back with
+ * sbrk(-n) when it passes the trim threshold; an mmap'ed segment that becomes entirely free is
+ * unmapped. */
+#include <string.h>
+
+#include "internal.h"
+
+/* The brk heap grows by the request plus HM_TOP_PAD, and automatic trimming keeps HM_TOP_PAD
+ * free at the top: since the pad is at least the largest medium request, a malloc/free pair at
+ * the top of the heap never makes it grow and shrink in turn. */
+#define HM_TOP_PAD ((size_t)128 << 10)
+#define HM_SEGMENT_MIN ((size_t)1 << 20)  /* smallest mmap'ed segment */
+#define HM_BEST_FIT_SCAN 16               /* list entries examined by best fit per bin */
+
+hm_arena_t hmi_main_arena;
+
+/* ---- chunk helpers ---- */
+static inline size_t csize(const hm_chunk_t *c) { return c->size_flags & ~HM_CH_FLAGS; }
+static inline bool cinuse(const hm_chunk_t *c) { return (c->size_flags & HM_CH_INUSE) != 0; }
+static inline bool cprev_inuse(const hm_chunk_t *c) {
+  return (c->size_flags & HM_CH_PREV_INUSE) != 0;
+}
+static inline hm_chunk_t *cat(uintptr_t a) { return (hm_chunk_t *)a; }
+static inline hm_chunk_t *cnext(hm_chunk_t *c) { return cat((uintptr_t)c + csize(c)); }
+static inline size_t *cfooter(hm_chunk_t *c) {
+  return (size_t *)((uintptr_t)c + csize(c) - sizeof(size_t));
+}
+static inline uintptr_t ccheck(const hm_chunk_t *c) { return (uintptr_t)c ^ hmi_secret; }
+
+/* Write a header keeping the PREV_INUSE bit given. */
+static inline void cset(hm_chunk_t *c, size_t size, bool inuse, bool prev_inuse) {
+  c->size_flags = size | (inuse ? HM_CH_INUSE : 0) | (prev_inuse ? HM_CH_PREV_INUSE : 0);
+  c->check = ccheck(c);
+  if (!inuse && size >= HM_CHUNK_MIN) *cfooter(c) = size;
+}
+static inline void set_prev_inuse(hm_chunk_t *c, bool v) {
+  if (v) c->size_flags |= HM_CH_PREV_INUSE;
+  else c->size_flags &= ~HM_CH_PREV_INUSE;
+}
+
+HM_COLD static void corrupt(const char *what, void *where) {
+  hmi_fatal("hmalloc: heap corruption: %s at %p\n", what, where);
+}
+
+/* A chunk reached through a neighbour's size or footer must look like a chunk; otherwise a
+ * user overflow has rewritten a boundary tag and following it would spread the damage. */
+static inline void verify_header(hm_chunk_t *c, const char *what) {
+  if (HM_UNLIKELY(c->check != ccheck(c))) corrupt(what, c);
+}
+
+/* ---- bins ---- */
+static inline void mapping(size_t size, unsigned *fl, unsigned *sl) {
+  unsigned f = 63u - (unsigned)__builtin_clzl(size);
+  *fl = f;
+  *sl = (unsigned)(size >> (f - HM_SL_BITS)) & (HM_SL_COUNT - 1);
+}
+
+static void bin_insert(hm_arena_t *a, hm_chunk_t *c) {
+  unsigned fl, sl;
+  mapping(csize(c), &fl, &sl);
+  hm_chunk_t *head = a->bins[fl][sl];
+  c->next_free = head;
+  c->prev_free = NULL;
+  if (head) head->prev_free = c;
+  a->bins[fl][sl] = c;
+  a->fl_bitmap |= (uint64_t)1 << fl;
+  a->sl_bitmap[fl] |= 1u << sl;
+  a->free_bytes += csize(c);
+  a->free_chunks++;
+}
+
+static void bin_remove(hm_arena_t *a, hm_chunk_t *c) {
+  unsigned fl, sl;
+  mapping(csize(c), &fl, &sl);
+  hm_chunk_t *n = c->next_free, *p = c->prev_free;
+  if (HM_UNLIKELY((n && n->prev_free != c) || (p && p->next_free != c) ||
+                  (!p && a->bins[fl][sl] != c)))
+    corrupt("free list links broken", c);
+  if (n) n->prev_free = p;
+  if (p) p->next_free = n;
+  else {
+    a->bins[fl][sl] = n;
+    if (n == NULL) {
+      a->sl_bitmap[fl] &= ~(1u << sl);
+      if (a->sl_bitmap[fl] == 0) a->fl_bitmap &= ~((uint64_t)1 << fl);
+    }
+  }
+  a->free_bytes -= csize(c);
+  a->free_chunks--;
+}
+
+/* First non-empty list at or above (fl, sl). */
+static hm_chunk_t *bin_find(hm_arena_t *a, unsigned fl, unsigned sl) {
+  if (fl >= HM_FL_COUNT) return NULL;
+  uint32_t slmap = sl < 32 ? a->sl_bitmap[fl] & (~0u << sl) : 0;
+  if (slmap == 0) {
+    if (fl + 1 >= HM_FL_COUNT) return NULL;
+    uint64_t flmap = a->fl_bitmap & (~(uint64_t)0 << (fl + 1));
+    if (flmap == 0) return NULL;
+    fl = (unsigned)__builtin_ctzll(flmap);
+    slmap = a->sl_bitmap[fl];
+  }
+  return a->bins[fl][__builtin_ctz(slmap)];
+}
+
+/* Smallest chunk >= need among the first HM_BEST_FIT_SCAN entries of a list. */
+static hm_chunk_t *best_in_list(hm_chunk_t *c, size_t need) {
+  hm_chunk_t *best = NULL;
+  for (int i = 0; c != NULL && i < HM_BEST_FIT_SCAN; c = c->next_free, i++) {
+    size_t s = csize(c);
+    if (s >= need && (best == NULL || s < csize(best))) {
+      best = c;
+      if (s == need) break;
+    }
+  }
+  return best;
+}
+
+/* Find a free chunk of at least `need` bytes; bounded work whatever the heap holds.
+ * first fit: the head of the first list all of whose chunks fit (TLSF's good fit, O(1)).
+ * best fit: the smallest fitting chunk among the first entries of the request's own list,
+ * else of the first non-empty list above it. */
+static hm_chunk_t *search(hm_arena_t *a, size_t need) {
+  unsigned fl, sl;
+  a->searches++;
+  if (hmi_options.fit == HM_FIT_BEST) {
+    mapping(need, &fl, &sl);
+    hm_chunk_t *c = best_in_list(a->bins[fl][sl], need);
+    if (c) return c;
+    if (++sl == HM_SL_COUNT) { sl = 0; fl++; }
+    c = bin_find(a, fl, sl);
+    return c ? best_in_list(c, need) : NULL;
+  }
+  size_t rounded = need + ((size_t)1 << (63u - (unsigned)__builtin_clzl(need) - HM_SL_BITS)) - 1;
+  mapping(rounded, &fl, &sl);
+  return bin_find(a, fl, sl);
+}
+
+/* ---- segments ---- */
+static void segment_link(hm_arena_t *a, hm_segment_t *s) {
+  s->arena = a;
+  s->prev = NULL;
+  s->next = a->segments;
+  if (a->segments) a->segments->prev = s;
+  a->segments = s;
+}
+
+static void segment_unlink(hm_arena_t *a, hm_segment_t *s) {
+  if (s->prev) s->prev->next = s->next;
+  else a->segments = s->next;
+  if (s->next) s->next->prev = s->prev;
+}
+
+/* Lay out [start, end) as one free chunk plus the sentinel and insert the chunk. */
+static void segment_format(hm_arena_t *a, hm_segment_t *s) {
+  hm_chunk_t *c = cat(s->start);
+  size_t size = s->end - HM_CHUNK_HEADER - s->start;
+  cset(c, size, false, true);
+  cset(cat(s->end - HM_CHUNK_HEADER), 0, true, false);
+  bin_insert(a, c);
+}
+
+static bool segment_map_pages(hm_segment_t *s, uintptr_t from, uintptr_t to) {
+  uintptr_t p0 = hm_page_floor(from), p1 = hm_align_up(to, HM_PAGE);
+  return hmi_pagemap_set(p0, (p1 - p0) >> HM_PAGE_SHIFT, (uintptr_t)s | HM_PM_MEDIUM);
+}
+
+/* A new mmap'ed segment big enough for a chunk of `need` bytes (alignment slack included). */
+static bool grow_mmap(hm_arena_t *a, size_t need) {
+  size_t size = hm_align_up(need + 2 * HM_PAGE, (size_t)64 << 10);
+  if (size < HM_SEGMENT_MIN) size = HM_SEGMENT_MIN;
+  void *map = hmi_os_mmap(size);
+  if (map == NULL) return false;
+  hm_segment_t *s = hmi_meta_alloc(sizeof *s);
+  if (s == NULL) { hmi_os_munmap(map, size); return false; }
+  /* First user area on the second page boundary: spans then pack from the start. */
+  s->start = (uintptr_t)map + HM_PAGE - HM_CHUNK_HEADER;
+  s->end = (uintptr_t)map + size;
+  s->is_brk = 0;
+  if (!segment_map_pages(s, (uintptr_t)map, s->end)) {
+    hmi_os_munmap(map, size);
+    hmi_meta_free(s, sizeof *s);
+    return false;
+  }
+  segment_link(a, s);
+  segment_format(a, s);
+  a->mapped += size;
+  a->seg_maps++;
+  return true;
+}
+
+static void segment_unmap(hm_arena_t *a, hm_segment_t *s) {
+  uintptr_t map = s->start - (HM_PAGE - HM_CHUNK_HEADER);
+  size_t size = s->end - map;
+  hmi_pagemap_set(map, size >> HM_PAGE_SHIFT, 0);
+  segment_unlink(a, s);
+  a->mapped -= size;
+  a->seg_unmaps++;
+  hmi_os_munmap((void *)map, size);
+  hmi_meta_free(s, sizeof *s);
+}
+
+static hm_segment_t *brk_top_segment(hm_arena_t *a) {
+  for (hm_segment_t *s = a->segments; s; s = s->next)
+    if (s->is_brk && s->end == (uintptr_t)hmi_os_sbrk(0)) return s;
+  return NULL;
+}
+
+/* Grow the brk heap by at least `need` bytes of chunk space.  The new memory extends the
+ * segment at the top of the break when it is contiguous with it; if something else moved the
+ * break it starts a new brk segment. */
+static bool grow_brk(hm_arena_t *a, size_t need) {
+  size_t incr = hm_align_up(need + HM_PAGE + HM_TOP_PAD, HM_PAGE);
+  if ((intptr_t)incr < 0) return false;
+  hm_segment_t *top = brk_top_segment(a);
+  void *old = hmi_os_sbrk((intptr_t)incr);
+  if (old == NULL) return false;
+  uintptr_t base = (uintptr_t)old, end = base + incr;
+  if (top != NULL && top->end == base) {
+    /* The old sentinel becomes the header of the new free space. */
+    hm_chunk_t *c = cat(top->end - HM_CHUNK_HEADER);
+    bool prev_inuse = cprev_inuse(c);
+    if (!segment_map_pages(top, base, end)) { hmi_os_sbrk(-(intptr_t)incr); return false; }
+    top->end = end;
+    size_t size = end - HM_CHUNK_HEADER - (uintptr_t)c;
+    if (!prev_inuse) { /* merge with the free chunk before the old sentinel */
+      hm_chunk_t *p = cat((uintptr_t)c - *((size_t *)c - 1));
+      verify_header(p, "bad footer before heap top");
+      bin_remove(a, p);
+      size += csize(p);
+      c = p;
+      prev_inuse = cprev_inuse(p);
+      a->coalesces++;
+    }
+    cset(c, size, false, prev_inuse);
+    cset(cat(end - HM_CHUNK_HEADER), 0, true, false);
+    bin_insert(a, c);
+  } else {
+    uintptr_t start = hm_align_up(base + HM_CHUNK_HEADER, HM_PAGE) - HM_CHUNK_HEADER;
+    if (end - start < HM_CHUNK_MIN + HM_CHUNK_HEADER + need) { /* sbrk gave too little */
+      hmi_os_sbrk(-(intptr_t)incr);
+      return false;
+    }
+    hm_segment_t *s = hmi_meta_alloc(sizeof *s);
+    if (s == NULL) { hmi_os_sbrk(-(intptr_t)incr); return false; }
+    s->start = start;
+    s->end = end;
+    s->is_brk = 1;
+    if (!segment_map_pages(s, start, end)) {
+      hmi_meta_free(s, sizeof *s);
+      hmi_os_sbrk(-(intptr_t)incr);
+      return false;
+    }
+    segment_link(a, s);
+    segment_format(a, s);
+  }
+  a->mapped += incr;
+  a->brk_grows++;
+  return true;
+}
+
+static bool grow(hm_arena_t *a, size_t need) {
+  bool ok = false;
+  if (a->use_brk && !a->brk_failed) {
+    ok = grow_brk(a, need);
+    if (!ok) a->brk_failed = 1; /* from now on: mmap'ed segments */
+  }
+  if (!ok) ok = grow_mmap(a, need);
+  if (ok) hmi_stats_note_mapped();
+  return ok;
+}
+
+/* Give back the free top of the brk heap beyond `keep` bytes.  Caller holds the lock. */
+static bool trim_top(hm_arena_t *a, size_t keep) {
+  hm_segment_t *s = brk_top_segment(a);
+  if (s == NULL) return false;
+  hm_chunk_t *sentinel = cat(s->end - HM_CHUNK_HEADER);
+  if (cprev_inuse(sentinel)) return false;
+  hm_chunk_t *top = cat((uintptr_t)sentinel - *((size_t *)sentinel - 1));
+  verify_header(top, "bad footer at heap top");
+  size_t size = csize(top);
+  if (size < keep + HM_CHUNK_MIN + HM_PAGE) return false;
+  uintptr_t new_end = hm_page_floor((uintptr_t)top + HM_CHUNK_MIN + keep + HM_CHUNK_HEADER +
+                                    HM_PAGE - 1);
+  if (new_end < (uintptr_t)top + HM_CHUNK_MIN + HM_CHUNK_HEADER) new_end += HM_PAGE;
+  if (new_end >= s->end) return false;
+  size_t release = s->end - new_end;
+  bin_remove(a, top);
+  if (hmi_os_sbrk(-(intptr_t)release) == NULL) { bin_insert(a, top); return false; }
+  hmi_pagemap_set(hm_align_up(new_end, HM_PAGE), release >> HM_PAGE_SHIFT, 0);
+  s->end = new_end;
+  cset(top, new_end - HM_CHUNK_HEADER - (uintptr_t)top, false, cprev_inuse(top));
+  cset(cat(new_end - HM_CHUNK_HEADER), 0, true, false);
+  bin_insert(a, top);
+  a->mapped -= release;
+  a->brk_trims++;
+  return true;
+}
+
+/* ---- allocation ---- */
+static inline size_t chunk_need(size_t size) {
+  size_t need = hm_align_up(size + HM_CHUNK_HEADER, HM_ALIGN);
+  return need < HM_CHUNK_MIN ? HM_CHUNK_MIN : need;
+}
+
+/* Cut c (in use, `need` bytes wanted) down to `need`, freeing the tail if it is big enough. */
+static void split_tail(hm_arena_t *a, hm_chunk_t *c, size_t need) {
+  size_t size = csize(c);
+  if (size - need < HM_CHUNK_MIN) return;
+  hm_chunk_t *rest = cat((uintptr_t)c + need);
+  size_t rest_size = size - need;
+  hm_chunk_t *after = cnext(c);
+  c->size_flags = need | (c->size_flags & HM_CH_FLAGS);
+  if (!cinuse(after)) { /* keep the no-adjacent-free invariant */
+    verify_header(after, "bad next chunk header");
+    bin_remove(a, after);
+    rest_size += csize(after);
+    after = cat((uintptr_t)rest + rest_size);
+    a->coalesces++;
+  }
+  cset(rest, rest_size, false, true);
+  set_prev_inuse(after, false);
+  bin_insert(a, rest);
+  a->splits++;
+}
+
+void *hmi_arena_alloc(hm_arena_t *a, size_t size, size_t align) {
+  if (size > ((size_t)1 << 46)) return NULL;
+  size_t need = chunk_need(size);
+  size_t want = align > HM_ALIGN ? need + align + HM_CHUNK_MIN : need;
+  hm_lock(&a->lock);
+  hm_chunk_t *c = search(a, want);
+  if (c == NULL) {
+    if (!grow(a, want) || (c = search(a, want)) == NULL) {
+      hm_unlock(&a->lock);
+      return NULL;
+    }
+  }
+  bin_remove(a, c);
+  uintptr_t user = (uintptr_t)c + HM_CHUNK_HEADER;
+  if (align > HM_ALIGN && (user & (align - 1)) != 0) {
+    /* Free a front piece so that the user area lands on the boundary. */
+    uintptr_t aligned = hm_align_up(user + HM_CHUNK_MIN, align);
+    size_t front = aligned - user;
+    hm_chunk_t *ac = cat((uintptr_t)c + front);
+    cset(ac, csize(c) - front, true, false);
+    cset(c, front, false, cprev_inuse(c));
+    bin_insert(a, c);
+    a->splits++;
+    c = ac;
+  } else {
+    c->size_flags |= HM_CH_INUSE;
+    set_prev_inuse(cnext(c), true);
+  }
+  set_prev_inuse(cnext(c), true);
+  split_tail(a, c, need);
+  a->in_use += csize(c);
+  a->in_use_chunks++;
+  hm_unlock(&a->lock);
+  return (void *)((uintptr_t)c + HM_CHUNK_HEADER);
+}
+
+hm_chunk_t *hmi_arena_chunk_of(void *p, hm_segment_t *seg) {
+  uintptr_t u = (uintptr_t)p;
+  if ((u & (HM_ALIGN - 1)) != 0) return NULL;
+  uintptr_t c = u - HM_CHUNK_HEADER;
+  if (c < seg->start || c >= seg->end - HM_CHUNK_HEADER) return NULL;
+  hm_chunk_t *ch = cat(c);
+  if (ch->check != ccheck(ch)) return NULL;
+  size_t s = csize(ch);
+  if (s < HM_CHUNK_MIN || s > seg->end - HM_CHUNK_HEADER - c) return NULL;
+  return ch;
+}
+
+void hmi_arena_free(void *p, hm_segment_t *seg) {
+  hm_arena_t *a = seg->arena;
+  hm_lock(&a->lock);
+  hm_chunk_t *c = hmi_arena_chunk_of(p, seg);
+  if (c == NULL) { hm_unlock(&a->lock); hmi_invalid_pointer("free", p); }
+  if (!cinuse(c)) {
+    hm_unlock(&a->lock);
+    hmi_fatal("hmalloc: free(): double free %p\n", p);
+  }
+  size_t size = csize(c);
+  a->in_use -= size;
+  a->in_use_chunks--;
+  hm_chunk_t *next = cnext(c);
+  verify_header(next, "bad next chunk header");
+  if (!cinuse(next)) {
+    bin_remove(a, next);
+    size += csize(next);
+    a->coalesces++;
+  }
+  bool prev_inuse = cprev_inuse(c);
+  if (!prev_inuse) {
+    size_t psize = *((size_t *)c - 1);
+    hm_chunk_t *prev = cat((uintptr_t)c - psize);
+    if (HM_UNLIKELY(psize < HM_CHUNK_MIN || (uintptr_t)prev < seg->start))
+      corrupt("bad footer before chunk", c);
+    verify_header(prev, "bad previous chunk header");
+    if (HM_UNLIKELY(csize(prev) != psize || cinuse(prev))) corrupt("footer mismatch", c);
+    bin_remove(a, prev);
+    size += psize;
+    c = prev;
+    prev_inuse = cprev_inuse(prev);
+    a->coalesces++;
+  }
+  cset(c, size, false, prev_inuse);
+  set_prev_inuse(cnext(c), false);
+  bin_insert(a, c);
+  /* An mmap'ed segment that is entirely free goes back to the OS, unless it is the arena's
+   * only sizeable free space: keeping one avoids map/unmap churn when a thread allocates and
+   * frees one block in a loop. */
+  if (!seg->is_brk && (uintptr_t)c == seg->start &&
+      (uintptr_t)c + size == seg->end - HM_CHUNK_HEADER &&
+      a->free_bytes - size >= HM_SEGMENT_MIN) {
+    bin_remove(a, c);
+    segment_unmap(a, seg);
+  } else if (seg->is_brk && (uintptr_t)c + size == seg->end - HM_CHUNK_HEADER &&
+             size >= hmi_options.trim_threshold) {
+    trim_top(a, HM_TOP_PAD);
+  }
+  hm_unlock(&a->lock);
+}
+
+bool hmi_arena_resize(void *p, hm_segment_t *seg, size_t size) {
+  if (size > ((size_t)1 << 46)) return false;
+  hm_arena_t *a = seg->arena;
+  size_t need = chunk_need(size);
+  hm_lock(&a->lock);
+  hm_chunk_t *c = hmi_arena_chunk_of(p, seg);
+  if (c == NULL || !cinuse(c)) { hm_unlock(&a->lock); hmi_invalid_pointer("realloc", p); }
+  size_t old = csize(c);
+  bool ok = true;
+  if (need > old) {
+    hm_chunk_t *next = cnext(c);
+    verify_header(next, "bad next chunk header");
+    if (!cinuse(next) && old + csize(next) >= need) {
+      bin_remove(a, next);
+      c->size_flags += csize(next);
+      set_prev_inuse(cnext(c), true);
+      a->coalesces++;
+    } else {
+      ok = false;
+    }
+  }
+  if (ok) {
+    split_tail(a, c, need);
+    a->in_use += csize(c) - old;
+  }
+  hm_unlock(&a->lock);
+  return ok;
+}
+
+size_t hmi_arena_usable(void *p) {
+  return csize(cat((uintptr_t)p - HM_CHUNK_HEADER)) - HM_CHUNK_HEADER;
+}
+
+/* Size of the free chunk at the top of the brk heap (what trimming could give back). */
+size_t hmi_arena_top_free(hm_arena_t *a) {
+  size_t size = 0;
+  hm_lock(&a->lock);
+  hm_segment_t *s = brk_top_segment(a);
+  if (s != NULL) {
+    hm_chunk_t *sentinel = cat(s->end - HM_CHUNK_HEADER);
+    if (!cprev_inuse(sentinel)) size = *((size_t *)sentinel - 1);
+  }
+  hm_unlock(&a->lock);
+  return size;
+}
+
+/* malloc_trim: the top of the brk heap down to `pad`, then (if asked) every whole free page
+ * inside free chunks (their header, links and footer stay). */
+int hmi_arena_trim(hm_arena_t *a, size_t pad, bool release_inside) {
+  int released = 0;
+  hm_lock(&a->lock);
+  if (trim_top(a, pad)) released = 1;
+  if (release_inside) {
+    for (unsigned fl = 0; fl < HM_FL_COUNT; fl++)
+      for (unsigned sl = 0; sl < HM_SL_COUNT; sl++)
+        for (hm_chunk_t *c = a->bins[fl][sl]; c; c = c->next_free) {
+          uintptr_t from = hm_align_up((uintptr_t)c + sizeof(hm_chunk_t), HM_PAGE);
+          uintptr_t to = hm_page_floor((uintptr_t)c + csize(c) - sizeof(size_t));
+          if (to > from) {
+            hmi_os_release((void *)from, to - from);
+            released = 1;
+          }
+        }
+  }
+  hm_unlock(&a->lock);
+  return released;
+}
+
+void hmi_arena_init(hm_arena_t *a, unsigned index, bool use_brk) {
+  memset(a, 0, sizeof *a);
+  a->index = index;
+  a->use_brk = use_brk;
+}
+
+/* ---- consistency check ---- */
+#define FAIL(msg, at)                                                            \
+  do {                                                                           \
+    hmi_dprintf(2, "hmalloc: heap check: %s at %p (arena %u)\n", msg, (void *)(uintptr_t)(at), a->index); \
+    return -1;                                                                   \
+  } while (0)
+
+static int check_arena_locked(hm_arena_t *a) {
+  size_t walked_free = 0, walked_free_bytes = 0, walked_inuse = 0, mapped = 0;
+  for (hm_segment_t *s = a->segments; s; s = s->next) {
+    if (s->arena != a) FAIL("segment of another arena", s);
+    mapped += s->is_brk ? 0 : s->end - (s->start - (HM_PAGE - HM_CHUNK_HEADER));
+    bool prev_inuse = true, prev_free = false;
+    uintptr_t at = s->start;
+    for (;;) {
+      hm_chunk_t *c = cat(at);
+      if (at > s->end - HM_CHUNK_HEADER) FAIL("chunk runs past segment end", c);
+      if (c->check != ccheck(c)) FAIL("bad check word", c);
+      if (cprev_inuse(c) != prev_inuse) FAIL("PREV_INUSE disagrees with predecessor", c);
+      if (at == s->end - HM_CHUNK_HEADER) {
+        if (csize(c) != 0 || !cinuse(c)) FAIL("bad sentinel", c);
+        break;
+      }
+      size_t sz = csize(c);
+      if (sz < HM_CHUNK_MIN || (sz & (HM_ALIGN - 1)) != 0) FAIL("bad chunk size", c);
+      if (!cinuse(c)) {
+        if (prev_free) FAIL("two adjacent free chunks", c);
+        if (*cfooter(c) != sz) FAIL("footer differs from size", c);
+        unsigned fl, sl;
+        mapping(sz, &fl, &sl);
+        hm_chunk_t *x = a->bins[fl][sl];
+        int steps = 0;
+        while (x && x != c && steps++ < 1000000) x = x->next_free;
+        if (x != c) FAIL("free chunk not on its bin list", c);
+        walked_free++;
+        walked_free_bytes += sz;
+      } else {
+        walked_inuse += sz;
+      }
+      prev_inuse = cinuse(c);
+      prev_free = !prev_inuse;
+      at += sz;
+    }
+  }
+  size_t listed = 0;
+  for (unsigned fl = 0; fl < HM_FL_COUNT; fl++) {
+    if (((a->fl_bitmap >> fl) & 1) != (a->sl_bitmap[fl] != 0)) FAIL("first-level bitmap", fl);
+    for (unsigned sl = 0; sl < HM_SL_COUNT; sl++) {
+      hm_chunk_t *c = a->bins[fl][sl];
+      if (((a->sl_bitmap[fl] >> sl) & 1) != (c != NULL)) FAIL("second-level bitmap", c);
+      hm_chunk_t *prev = NULL;
+      for (; c; prev = c, c = c->next_free) {
+        unsigned f2, s2;
+        mapping(csize(c), &f2, &s2);
+        if (f2 != fl || s2 != sl) FAIL("chunk in the wrong bin", c);
+        if (cinuse(c)) FAIL("in-use chunk on a free list", c);
+        if (c->prev_free != prev) FAIL("broken back link", c);
+        if (++listed > walked_free) FAIL("more listed than free chunks", c);
+      }
+    }
+  }
+  if (listed != walked_free || listed != a->free_chunks) FAIL("free chunk count", listed);
+  if (walked_free_bytes != a->free_bytes) FAIL("free byte count", walked_free_bytes);
+  if (walked_inuse != a->in_use) FAIL("in-use byte count", walked_inuse);
+  (void)mapped;
+  return 0;
+}
+#undef FAIL
+
+int hmi_arena_check(hm_arena_t *a) {
+  hm_lock(&a->lock);
+  int r = check_arena_locked(a);
+  hm_unlock(&a->lock);
+  return r;
+}
+
+/* ---- the set of arenas ----
+ * hmi_arenas[0] is the main arena (brk heap); the others, if configured, use mmap'ed
+ * segments.  The array is filled at init and never shrinks. */
+hm_arena_t *hmi_arenas[HM_MAX_ARENAS];
+unsigned hmi_arena_count;
+
+void hmi_arenas_init(unsigned count) {
+  hmi_arena_init(&hmi_main_arena, 0, true);
+  hmi_arenas[0] = &hmi_main_arena;
+  hmi_arena_count = 1;
+  for (unsigned i = 1; i < count && i < HM_MAX_ARENAS; i++) {
+    hm_arena_t *a = hmi_os_mmap(hm_align_up(sizeof *a, HM_PAGE));
+    if (a == NULL) break;
+    hmi_arena_init(a, i, false);
+    hmi_arenas[i] = a;
+    hmi_arena_count = i + 1;
+  }
+}
+
+/* A thread's arena is chosen round-robin when its cache is set up (tcache.c); a thread
+ * without a cache (before set-up, after exit) uses the main arena. */
+hm_arena_t *hmi_arena_pick(void) {
+  unsigned i = hmi_tcache.arena_index;
+  return i < hmi_arena_count ? hmi_arenas[i] : &hmi_main_arena;
+}
+
+unsigned hmi_arena_assign(void) {
+  static unsigned next;
+  return __atomic_fetch_add(&next, 1, __ATOMIC_RELAXED) % hmi_arena_count;
+}
+
+void hmi_arena_lock_all(void) {
+  for (unsigned i = 0; i < hmi_arena_count; i++) hm_lock(&hmi_arenas[i]->lock);
+}
+void hmi_arena_unlock_all(void) {
+  for (unsigned i = hmi_arena_count; i-- > 0;) hm_unlock(&hmi_arenas[i]->lock);
+}
+void hmi_arena_reset_locks(void) {
+  for (unsigned i = 0; i < hmi_arena_count; i++) hm_lock_reset(&hmi_arenas[i]->lock);
+}

@@ -1,0 +1,163 @@
+/* internal.h - functions shared between hmalloc's source files (prefix hmi_), and the small
+ * inline helpers of the hot paths.  Nothing here is exported from the library. */
+#ifndef HM_INTERNAL_H
+#define HM_INTERNAL_H
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "types.h"
+
+#define HM_API __attribute__((visibility("default")))
+#define HM_LIKELY(x) __builtin_expect(!!(x), 1)
+#define HM_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#define HM_NOINLINE __attribute__((noinline))
+#define HM_COLD __attribute__((cold, noinline))
+
+#ifdef HM_DEBUG
+#define hm_assert(cond) ((cond) ? (void)0 : hmi_assert_fail(#cond, __FILE__, __LINE__))
+#else
+#define hm_assert(cond) ((void)0)
+#endif
+
+static inline size_t hm_align_up(size_t n, size_t a) { return (n + a - 1) & ~(a - 1); }
+static inline uintptr_t hm_page_floor(uintptr_t p) { return p & ~(uintptr_t)(HM_PAGE - 1); }
+
+/* ---- globals (init.c) ---- */
+extern hm_options_t hmi_options;   /* written at init and by mallopt; read racily (words) */
+extern uintptr_t hmi_secret;       /* per-process random key, set once at init */
+extern int hmi_ready;              /* 1 once init finished */
+extern hm_arena_t hmi_main_arena;
+void hmi_init(void);
+void hmi_options_load(void);
+bool hmi_parse_size(const char *s, size_t *out);
+static inline void hmi_ensure_init(void) {
+  if (HM_UNLIKELY(!hmi_ready)) hmi_init();
+}
+
+/* ---- os.c: the only file that talks to the kernel about memory ---- */
+void *hmi_os_mmap(size_t size);               /* NULL on failure */
+void hmi_os_munmap(void *p, size_t size);
+void *hmi_os_mremap(void *p, size_t old_size, size_t new_size); /* NULL on failure */
+void *hmi_os_sbrk(intptr_t increment);        /* NULL on failure (never (void*)-1) */
+void hmi_os_release(void *p, size_t size);    /* madvise(DONTNEED) on whole pages */
+uint64_t hmi_os_random(void);
+extern int hmi_os_brk_disabled;               /* tests: pretend sbrk always fails */
+extern uint64_t hmi_os_mmap_calls, hmi_os_munmap_calls; /* atomically incremented */
+
+/* ---- format.c: messages without stdio ---- */
+void hmi_write(int fd, const char *s);
+size_t hmi_fmt(char *buf, size_t len, const char *fmt, ...); /* %s %d %u %zu %llu %p %x */
+void hmi_dprintf(int fd, const char *fmt, ...);
+HM_COLD __attribute__((noreturn)) void hmi_fatal(const char *fmt, ...);
+HM_COLD __attribute__((noreturn)) void hmi_assert_fail(const char *cond, const char *file,
+                                                       int line);
+void hmi_warn(const char *fmt, ...);
+
+/* ---- pagemap.c ---- */
+extern hm_pmentry_t *hmi_pagemap_root[];
+#define HM_PM_LEAF_BITS 18
+#define HM_PM_ROOT_BITS 17  /* 12 + 18 + 17 = 47 bits of user address space */
+static inline hm_pmentry_t hmi_pagemap_get(uintptr_t addr) {
+  uintptr_t page = addr >> HM_PAGE_SHIFT;
+  uintptr_t hi = page >> HM_PM_LEAF_BITS;
+  if (HM_UNLIKELY(hi >= ((uintptr_t)1 << HM_PM_ROOT_BITS))) return 0;
+  hm_pmentry_t *leaf = __atomic_load_n(&hmi_pagemap_root[hi], __ATOMIC_ACQUIRE);
+  if (HM_UNLIKELY(leaf == NULL)) return 0;
+  return leaf[page & (((uintptr_t)1 << HM_PM_LEAF_BITS) - 1)];
+}
+/* Set `pages` entries from addr; returns false if a leaf could not be mapped. */
+bool hmi_pagemap_set(uintptr_t addr, size_t pages, hm_pmentry_t value);
+
+/* ---- size_class.c ---- */
+extern const uint32_t hmi_class_size[HM_CLASSES];
+extern const uint8_t hmi_class_of_small[(1024 >> 4) + 1]; /* (size+15)>>4 -> class, size<=1024 */
+extern const uint32_t hmi_class_inv[HM_CLASSES];         /* ceil(2^32 / size) */
+static inline unsigned hmi_size_class(size_t size) {
+  if (HM_LIKELY(size <= 1024)) return hmi_class_of_small[(size + 15) >> 4];
+  /* eight classes per power of two above 1 KiB: 1152 1280 ... 2048 2304 ... 4096 */
+  unsigned lg = 63u - (unsigned)__builtin_clzl(size - 1); /* 10 .. 11 for 1025..4096 */
+  unsigned sub = (unsigned)((size - 1) >> (lg - 3)) & 7u;
+  return 32u + (lg - 10u) * 8u + sub;
+}
+/* Objects in a span of class cls. */
+static inline uint32_t hmi_class_capacity(unsigned cls) {
+  return (uint32_t)(HM_SPAN_SIZE / hmi_class_size[cls]);
+}
+/* offset / size for offset < 2^16 using the precomputed inverse. */
+static inline uint32_t hmi_class_div(uint32_t offset, unsigned cls) {
+  return (uint32_t)(((uint64_t)offset * hmi_class_inv[cls]) >> 32);
+}
+
+/* ---- arena.c: the medium tier ---- */
+void hmi_arena_init(hm_arena_t *a, unsigned index, bool use_brk);
+/* Returns a user pointer of at least `size` usable bytes aligned to `align` (power of two,
+ * >= 16), or NULL when the OS refuses memory. */
+void *hmi_arena_alloc(hm_arena_t *a, size_t size, size_t align);
+void hmi_arena_free(void *p, hm_segment_t *seg);
+/* Try to resize in place to at least `size` usable bytes; true on success. */
+bool hmi_arena_resize(void *p, hm_segment_t *seg, size_t size);
+size_t hmi_arena_usable(void *p);
+/* Validate p as an in-use chunk's user pointer of seg; returns its chunk or NULL. */
+hm_chunk_t *hmi_arena_chunk_of(void *p, hm_segment_t *seg);
+int hmi_arena_trim(hm_arena_t *a, size_t pad, bool release_inside);
+int hmi_arena_check(hm_arena_t *a); /* 0 if consistent */
+size_t hmi_arena_top_free(hm_arena_t *a);
+void hmi_arena_lock_all(void);
+void hmi_arena_unlock_all(void);
+void hmi_arena_reset_locks(void);
+#define HM_MAX_ARENAS 64
+extern hm_arena_t *hmi_arenas[HM_MAX_ARENAS];
+void hmi_arenas_init(unsigned count);
+extern unsigned hmi_arena_count;
+hm_arena_t *hmi_arena_pick(void);
+unsigned hmi_arena_assign(void);
+
+/* ---- span.c: the small tier's central lists ---- */
+extern hm_central_t hmi_central[HM_CLASSES];
+/* Take up to `want` objects of class cls; links them through their first word; returns count
+ * (0 only when the OS refuses memory).  *head receives the list. */
+uint32_t hmi_span_take(unsigned cls, uint32_t want, void **head);
+/* Give back a list of `n` objects of class cls. */
+void hmi_span_give(unsigned cls, void *head, uint32_t n);
+int hmi_span_check(void);
+void hmi_span_release_empty(void);
+void *hmi_meta_alloc(size_t size);   /* metadata pool: 64-byte aligned, zeroed */
+void hmi_meta_free(void *p, size_t size);
+extern hm_lock_t hmi_meta_lock;
+/* Objects still held by spans but not handed out (free slots), in bytes. */
+size_t hmi_span_free_bytes(size_t *span_bytes);
+
+/* ---- tcache.c ---- */
+extern __thread hm_tcache_t hmi_tcache __attribute__((tls_model("initial-exec")));
+void *hmi_tcache_alloc_slow(unsigned cls);
+void hmi_tcache_free_slow(void *p, unsigned cls);
+void hmi_tcache_init_process(void);
+void hmi_tcache_sum(hm_tstats_t *out, size_t *cached_bytes);
+extern hm_lock_t hmi_registry_lock;
+
+/* ---- large.c ---- */
+void *hmi_large_alloc(size_t size, size_t align);
+void hmi_large_free(hm_large_t *h);
+void *hmi_large_realloc(hm_large_t *h, size_t size); /* NULL: caller must move */
+size_t hmi_large_usable(hm_large_t *h);
+hm_large_t *hmi_large_of(void *p, hm_pmentry_t e);   /* validated header or NULL */
+extern hm_lock_t hmi_large_lock;
+extern size_t hmi_large_count, hmi_large_bytes;      /* under hmi_large_lock */
+extern size_t hmi_large_max_count, hmi_large_max_bytes; /* peaks, under hmi_large_lock */
+int hmi_large_check(void);
+
+/* ---- alloc.c ---- */
+void *hmi_alloc(size_t size);
+void hmi_free(void *p, const char *caller);
+size_t hmi_usable(void *p, const char *caller);
+HM_COLD __attribute__((noreturn)) void hmi_invalid_pointer(const char *caller, void *p);
+
+/* ---- stats.c ---- */
+extern uint64_t hmi_global_stats[5]; /* counters of dead threads, atomically added */
+void hmi_stats_fold(const hm_tstats_t *t);
+void hmi_stats_note_mapped(void);
+
+#endif

@@ -1,0 +1,146 @@
+/* large.c - the large tier: one mmap per block, munmap on free, mremap on realloc.
+ *
+ * Layout: the header (hm_large_t) sits HM_LARGE_HEADER bytes before the user pointer, inside
+ * the mapping; for an over-aligned block the mapping's unused head and tail are unmapped, so
+ * the header is not necessarily at the mapping's start.  Only the page holding the user
+ * pointer is entered in the page map (one entry however big the block): a free of any other
+ * address inside the block finds no entry and is refused.  The header's check word ties it to
+ * its own address and size, so user data cannot pass for a header.
+ * Counters are under hmi_large_lock, which is never held across a system call. */
+#include "internal.h"
+
+hm_lock_t hmi_large_lock = HM_LOCK_INIT;
+size_t hmi_large_count, hmi_large_bytes;
+size_t hmi_large_max_count, hmi_large_max_bytes;
+
+static inline uintptr_t large_check(const hm_large_t *h) {
+  return (uintptr_t)h ^ h->map_size ^ hmi_secret;
+}
+
+static hm_large_t *live; /* list of live blocks, for the checker and reports */
+
+static void link_live(hm_large_t *h) {
+  hm_lock(&hmi_large_lock);
+  h->prev = NULL;
+  h->next = live;
+  if (live) live->prev = h;
+  live = h;
+  hmi_large_count++;
+  hmi_large_bytes += h->map_size;
+  if (hmi_large_count > hmi_large_max_count) hmi_large_max_count = hmi_large_count;
+  if (hmi_large_bytes > hmi_large_max_bytes) hmi_large_max_bytes = hmi_large_bytes;
+  hm_unlock(&hmi_large_lock);
+}
+
+static void unlink_live(hm_large_t *h) {
+  hm_lock(&hmi_large_lock);
+  if (h->prev) h->prev->next = h->next;
+  else live = h->next;
+  if (h->next) h->next->prev = h->prev;
+  hmi_large_count--;
+  hmi_large_bytes -= h->map_size;
+  hm_unlock(&hmi_large_lock);
+}
+
+static bool publish(hm_large_t *h) {
+  uintptr_t user = (uintptr_t)h + HM_LARGE_HEADER;
+  return hmi_pagemap_set(hm_page_floor(user), 1, (uintptr_t)h | HM_PM_LARGE);
+}
+
+void *hmi_large_alloc(size_t size, size_t align) {
+  if (align < HM_LARGE_HEADER) align = HM_LARGE_HEADER;
+  if (size > PTRDIFF_MAX - HM_LARGE_HEADER - align - HM_PAGE) return NULL;
+  size_t extra = align > HM_LARGE_HEADER ? align : 0;
+  size_t map_size = hm_align_up(size + HM_LARGE_HEADER + extra, HM_PAGE);
+  uintptr_t map = (uintptr_t)hmi_os_mmap(map_size);
+  if (map == 0) return NULL;
+  uintptr_t user = hm_align_up(map + HM_LARGE_HEADER, align);
+  hm_large_t *h = (hm_large_t *)(user - HM_LARGE_HEADER);
+  if (extra) { /* give back the head and tail that alignment did not need */
+    uintptr_t keep_start = hm_page_floor((uintptr_t)h);
+    uintptr_t keep_end = hm_align_up(user + size, HM_PAGE);
+    if (keep_start > map) hmi_os_munmap((void *)map, keep_start - map);
+    if (map + map_size > keep_end) hmi_os_munmap((void *)keep_end, map + map_size - keep_end);
+    map = keep_start;
+    map_size = keep_end - keep_start;
+  }
+  h->map = map;
+  h->map_size = map_size;
+  h->check = large_check(h);
+  if (!publish(h)) {
+    hmi_os_munmap((void *)map, map_size);
+    return NULL;
+  }
+  link_live(h);
+  hmi_stats_note_mapped();
+  return (void *)user;
+}
+
+hm_large_t *hmi_large_of(void *p, hm_pmentry_t e) {
+  hm_large_t *h = HM_PM_PTR(e);
+  if ((uintptr_t)h + HM_LARGE_HEADER != (uintptr_t)p) return NULL;
+  if (h->check != large_check(h)) return NULL;
+  return h;
+}
+
+void hmi_large_free(hm_large_t *h) {
+  uintptr_t map = h->map;
+  size_t map_size = h->map_size;
+  unlink_live(h);
+  h->check = 0; /* a stale copy of the pointer no longer validates */
+  hmi_pagemap_set(hm_page_floor((uintptr_t)h + HM_LARGE_HEADER), 1, 0);
+  hmi_os_munmap((void *)map, map_size);
+}
+
+size_t hmi_large_usable(hm_large_t *h) {
+  return h->map + h->map_size - ((uintptr_t)h + HM_LARGE_HEADER);
+}
+
+/* Resize with mremap: no copy, the kernel moves page tables.  Only for blocks whose header is
+ * at the start of their mapping (not over-aligned: mremap may move it to any page).
+ * Returns the new user pointer, or NULL when the caller must allocate, copy and free. */
+void *hmi_large_realloc(hm_large_t *h, size_t size) {
+  if (h->map != (uintptr_t)h || size > PTRDIFF_MAX - HM_LARGE_HEADER - HM_PAGE) return NULL;
+  size_t old_size = h->map_size;
+  size_t new_size = hm_align_up(size + HM_LARGE_HEADER, HM_PAGE);
+  if (new_size == old_size) return (void *)((uintptr_t)h + HM_LARGE_HEADER);
+  uintptr_t old_user_page = hm_page_floor((uintptr_t)h + HM_LARGE_HEADER);
+  unlink_live(h);
+  void *q = hmi_os_mremap(h, old_size, new_size);
+  if (q == NULL) { link_live(h); return NULL; }
+  hm_large_t *nh = q;
+  nh->map = (uintptr_t)nh;
+  nh->map_size = new_size;
+  nh->check = large_check(nh);
+  if (nh != h) {
+    hmi_pagemap_set(old_user_page, 1, 0);
+    if (!publish(nh)) hmi_fatal("hmalloc: realloc(): cannot extend the page map\n");
+  }
+  link_live(nh);
+  hmi_stats_note_mapped();
+  return (void *)((uintptr_t)nh + HM_LARGE_HEADER);
+}
+
+/* Every live block: header check word, page map entry, and the counters add up. */
+int hmi_large_check(void) {
+  size_t count = 0, bytes = 0;
+  int bad = 0;
+  hm_lock(&hmi_large_lock);
+  for (hm_large_t *h = live; h && !bad; h = h->next) {
+    hm_pmentry_t e = hmi_pagemap_get((uintptr_t)h + HM_LARGE_HEADER);
+    if (h->check != large_check(h) || hmi_large_of((char *)h + HM_LARGE_HEADER, e) != h ||
+        (e & 7) != HM_PM_LARGE || (uintptr_t)h < h->map ||
+        (uintptr_t)h + HM_LARGE_HEADER > h->map + h->map_size) {
+      hmi_dprintf(2, "hmalloc: heap check: large block %p inconsistent\n", (void *)h);
+      bad = 1;
+    }
+    count++;
+    bytes += h->map_size;
+  }
+  if (!bad && (count != hmi_large_count || bytes != hmi_large_bytes)) {
+    hmi_dprintf(2, "hmalloc: heap check: large block counters disagree\n");
+    bad = 1;
+  }
+  hm_unlock(&hmi_large_lock);
+  return bad ? -1 : 0;
+}

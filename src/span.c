@@ -1,0 +1,247 @@
+/* span.c - the small tier's shared state: spans of equal-size objects and, per size class,
+ * the central list of spans that still have free slots.  Also the metadata pool that holds
+ * span and segment descriptors away from user memory.
+ *
+ * A span is a medium chunk of exactly HM_SPAN_SIZE bytes whose user area starts on a page:
+ * its objects occupy [start, start + HM_SPAN_SIZE - 16) (the last 16 bytes are the next
+ * chunk's header), and each of its 16 pages maps to the span in the page map.  Objects carry
+ * no header; a free object's first word links it into the span's free list.
+ * Invariants (under the class's central lock): used + free slots == capacity, where free
+ * slots are the free_list entries plus the never-touched objects [bump, capacity); a span is
+ * on the partial list iff it has a free slot and is not the class's kept empty span; a span
+ * whose objects are all back is either kept as `empty` (one per class, against churn) or
+ * returned to its arena, where it coalesces with its free neighbours.
+ * Lock order: central lock, then arena lock, then the metadata lock. */
+#include <string.h>
+
+#include "internal.h"
+
+hm_central_t hmi_central[HM_CLASSES];
+
+/* ---- metadata pool ---------------------------------------------------------------------
+ * Descriptors are 128 bytes; blocks of 64 KiB are mmap'ed and carved.  Freed descriptors go
+ * on a free list per 128-byte multiple.  Under hmi_meta_lock. */
+#define META_UNIT 128
+#define META_CLASSES 8
+#define META_BLOCK ((size_t)64 << 10)
+hm_lock_t hmi_meta_lock = HM_LOCK_INIT;
+static void *meta_free[META_CLASSES];
+static uintptr_t meta_bump, meta_end;
+
+void *hmi_meta_alloc(size_t size) {
+  size_t units = (size + META_UNIT - 1) / META_UNIT;
+  if (units == 0 || units > META_CLASSES) return NULL;
+  void *p = NULL;
+  hm_lock(&hmi_meta_lock);
+  if (meta_free[units - 1] != NULL) {
+    p = meta_free[units - 1];
+    meta_free[units - 1] = *(void **)p;
+  } else {
+    if (meta_bump + units * META_UNIT > meta_end) {
+      void *block = hmi_os_mmap(META_BLOCK);
+      if (block != NULL) {
+        meta_bump = (uintptr_t)block;
+        meta_end = meta_bump + META_BLOCK;
+      }
+    }
+    if (meta_bump + units * META_UNIT <= meta_end) {
+      p = (void *)meta_bump;
+      meta_bump += units * META_UNIT;
+    }
+  }
+  hm_unlock(&hmi_meta_lock);
+  if (p != NULL) memset(p, 0, units * META_UNIT);
+  return p;
+}
+
+void hmi_meta_free(void *p, size_t size) {
+  size_t units = (size + META_UNIT - 1) / META_UNIT;
+  hm_lock(&hmi_meta_lock);
+  *(void **)p = meta_free[units - 1];
+  meta_free[units - 1] = p;
+  hm_unlock(&hmi_meta_lock);
+}
+
+/* ---- spans ---- */
+static uint32_t span_capacity(unsigned cls) {
+  return (uint32_t)((HM_SPAN_SIZE - HM_CHUNK_HEADER) / hmi_class_size[cls]);
+}
+
+static void partial_push(hm_central_t *c, hm_span_t *s) {
+  s->prev = NULL;
+  s->next = c->partial;
+  if (c->partial) c->partial->prev = s;
+  c->partial = s;
+  s->listed = 1;
+}
+
+static void partial_remove(hm_central_t *c, hm_span_t *s) {
+  if (s->prev) s->prev->next = s->next;
+  else c->partial = s->next;
+  if (s->next) s->next->prev = s->prev;
+  s->next = s->prev = NULL;
+  s->listed = 0;
+}
+
+/* Carve a new span for cls from the medium heap.  Caller holds the central lock. */
+static hm_span_t *span_make(unsigned cls) {
+  hm_span_t *s = hmi_meta_alloc(sizeof *s);
+  if (s == NULL) return NULL;
+  hm_arena_t *a = hmi_arena_pick();
+  void *mem = hmi_arena_alloc(a, HM_SPAN_SIZE - HM_CHUNK_HEADER, HM_PAGE);
+  if (mem == NULL) { hmi_meta_free(s, sizeof *s); return NULL; }
+  hm_pmentry_t seg_entry = hmi_pagemap_get((uintptr_t)mem);
+  s->segment = HM_PM_PTR(seg_entry);
+  s->start = (uintptr_t)mem;
+  s->capacity = span_capacity(cls);
+  s->cls = (uint16_t)cls;
+  /* The pages were mapped (their leaf exists) as the segment's: this cannot fail. */
+  hmi_pagemap_set(s->start, HM_SPAN_PAGES, (uintptr_t)s | ((uintptr_t)cls << 1) | HM_PM_SMALL);
+  hm_central_t *c = &hmi_central[cls];
+  c->span_count++;
+  c->free_slots += s->capacity;
+  c->spans_made++;
+  return s;
+}
+
+/* Give an empty span's chunk back to its arena.  Caller holds the central lock. */
+static void span_release(hm_central_t *c, hm_span_t *s) {
+  hm_segment_t *seg = s->segment;
+  hmi_pagemap_set(s->start, HM_SPAN_PAGES, (uintptr_t)seg | HM_PM_MEDIUM);
+  c->span_count--;
+  c->free_slots -= s->capacity;
+  c->spans_released++;
+  hmi_arena_free((void *)s->start, seg);
+  hmi_meta_free(s, sizeof *s);
+}
+
+uint32_t hmi_span_take(unsigned cls, uint32_t want, void **head) {
+  hm_central_t *c = &hmi_central[cls];
+  size_t size = hmi_class_size[cls];
+  void *list = NULL;
+  uint32_t n = 0;
+  hm_lock(&c->lock);
+  while (n < want) {
+    hm_span_t *s = c->partial;
+    if (s == NULL) {
+      if (c->empty != NULL) {
+        s = c->empty;
+        c->empty = NULL;
+      } else if ((s = span_make(cls)) == NULL) {
+        break;
+      }
+      partial_push(c, s);
+    }
+    while (n < want && s->free_list != NULL) {
+      void *p = s->free_list;
+      s->free_list = *(void **)p;
+      *(void **)p = list;
+      list = p;
+      n++;
+      s->used++;
+    }
+    while (n < want && s->bump < s->capacity) {
+      void *p = (void *)(s->start + (size_t)s->bump * size);
+      s->bump++;
+      *(void **)p = list;
+      list = p;
+      n++;
+      s->used++;
+    }
+    if (s->used == s->capacity) partial_remove(c, s);
+  }
+  c->free_slots -= n;
+  hm_unlock(&c->lock);
+  *head = list;
+  return n;
+}
+
+void hmi_span_give(unsigned cls, void *head, uint32_t n) {
+  hm_central_t *c = &hmi_central[cls];
+  hm_lock(&c->lock);
+  c->free_slots += n;
+  while (head != NULL) {
+    void *p = head;
+    head = *(void **)p;
+    hm_span_t *s = HM_PM_PTR(hmi_pagemap_get((uintptr_t)p));
+    *(void **)p = s->free_list;
+    s->free_list = p;
+    s->used--;
+    if (s->used == 0) {
+      if (s->listed) partial_remove(c, s);
+      if (c->empty == NULL) {
+        s->free_list = NULL; /* every object is free again: restart from a clean bump */
+        s->bump = 0;
+        c->empty = s;
+      } else {
+        span_release(c, s);
+      }
+    } else if (!s->listed) {
+      partial_push(c, s);
+    }
+  }
+  hm_unlock(&c->lock);
+}
+
+/* malloc_trim: give every kept empty span back to the medium heap. */
+void hmi_span_release_empty(void) {
+  for (unsigned cls = 0; cls < HM_CLASSES; cls++) {
+    hm_central_t *c = &hmi_central[cls];
+    hm_lock(&c->lock);
+    if (c->empty != NULL) {
+      hm_span_t *s = c->empty;
+      c->empty = NULL;
+      span_release(c, s);
+    }
+    hm_unlock(&c->lock);
+  }
+}
+
+size_t hmi_span_free_bytes(size_t *span_bytes) {
+  size_t free_bytes = 0, spans = 0;
+  for (unsigned cls = 0; cls < HM_CLASSES; cls++) {
+    hm_central_t *c = &hmi_central[cls];
+    free_bytes += (size_t)__atomic_load_n(&c->free_slots, __ATOMIC_RELAXED) * hmi_class_size[cls];
+    spans += __atomic_load_n(&c->span_count, __ATOMIC_RELAXED);
+  }
+  if (span_bytes) *span_bytes = spans * HM_SPAN_SIZE;
+  return free_bytes;
+}
+
+/* Each listed span: free list entries are distinct object starts inside the span, and the
+ * counts add up. */
+int hmi_span_check(void) {
+  for (unsigned cls = 0; cls < HM_CLASSES; cls++) {
+    hm_central_t *c = &hmi_central[cls];
+    size_t size = hmi_class_size[cls];
+    hm_lock(&c->lock);
+    for (hm_span_t *s = c->partial;; s = s->next) {
+      if (s == NULL) {
+        if (c->empty == NULL) break;
+        s = c->empty; /* checked last */
+      }
+      uint32_t free_count = 0;
+      for (void *p = s->free_list; p != NULL; p = *(void **)p) {
+        uintptr_t off = (uintptr_t)p - s->start;
+        if ((uintptr_t)p < s->start || off >= (uintptr_t)s->bump * size || off % size != 0 ||
+            ++free_count > s->capacity) {
+          hm_unlock(&c->lock);
+          hmi_dprintf(2, "hmalloc: heap check: bad free object %p in span %p (class %u)\n", p,
+                      (void *)s->start, cls);
+          return -1;
+        }
+      }
+      hm_pmentry_t e = hmi_pagemap_get(s->start);
+      if (s->cls != cls || HM_PM_PTR(e) != s || !(e & HM_PM_SMALL) ||
+          s->used + free_count + (s->capacity - s->bump) != s->capacity) {
+        hm_unlock(&c->lock);
+        hmi_dprintf(2, "hmalloc: heap check: span %p of class %u inconsistent\n",
+                    (void *)s->start, cls);
+        return -1;
+      }
+      if (s == c->empty) break;
+    }
+    hm_unlock(&c->lock);
+  }
+  return 0;
+}

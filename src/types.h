@@ -1,0 +1,167 @@
+/* types.h - every internal data structure of hmalloc, with what each field holds.
+ *
+ * Tiers, by request size n (after alignment is taken into account):
+ *   small   n <= HM_SMALL_MAX          size classes; objects in 64 KiB spans, no header
+ *   medium  HM_SMALL_MAX < n < mmap threshold   boundary-tagged chunks in arena segments
+ *   large   n >= mmap threshold        one mmap per block
+ * The page map (pagemap.c) maps every 4 KiB page hmalloc owns to what lives there. */
+#ifndef HM_TYPES_H
+#define HM_TYPES_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "lock.h"
+
+#define HM_PAGE_SHIFT 12
+#define HM_PAGE ((size_t)1 << HM_PAGE_SHIFT)
+#define HM_ALIGN 16                     /* every pointer handed out is 16-byte aligned */
+#define HM_SMALL_MAX 4096               /* largest small-tier request */
+#define HM_CLASSES 48                   /* number of small size classes */
+#define HM_SPAN_SIZE ((size_t)64 << 10) /* bytes of objects in one span */
+#define HM_SPAN_PAGES (HM_SPAN_SIZE >> HM_PAGE_SHIFT)
+#define HM_LARGE_HEADER 128             /* bytes before a large block's user pointer */
+#define HM_DEFAULT_MMAP_THRESHOLD ((size_t)128 << 10)
+#define HM_DEFAULT_TRIM_THRESHOLD ((size_t)128 << 10)
+#define HM_MAX_MMAP_THRESHOLD ((size_t)32 << 20)
+#define HM_DEFAULT_TCACHE_MAX ((size_t)256 << 10)
+
+/* ---- page map entries -------------------------------------------------------------------
+ * 0                        not hmalloc's page
+ * span | cls << 1 | 1      a page of a small span (span descriptors are 128-byte aligned)
+ * segment | 2              a page of a medium segment
+ * large header | 4         the page holding a large block's user pointer */
+typedef uintptr_t hm_pmentry_t;
+#define HM_PM_SMALL 1u
+#define HM_PM_MEDIUM 2u
+#define HM_PM_LARGE 4u
+#define HM_PM_PTR(e) ((void *)((e) & ~(uintptr_t)127))
+#define HM_PM_CLASS(e) ((unsigned)((e) >> 1) & 63u)
+
+/* ---- small tier -------------------------------------------------------------------------- */
+
+/* One span: HM_SPAN_SIZE bytes of equal-size objects, page aligned, carved from a medium
+ * chunk.  Its descriptor lives outside the span (metadata pool) so that no user overflow can
+ * reach it.  Owned by the central list of its class: every field is under that class's lock. */
+typedef struct hm_span_s {
+  struct hm_span_s *next, *prev; /* in the class's list of spans with free slots */
+  uintptr_t start;               /* address of object 0 (page aligned) */
+  void *free_list;               /* returned objects, linked through their first word */
+  uint32_t bump;                 /* objects [0, bump) have been handed out at least once */
+  uint32_t capacity;             /* objects in the span */
+  uint32_t used;                 /* objects out of the span (in thread caches or in use) */
+  uint16_t cls;                  /* size class */
+  uint8_t listed;                /* on the class's partial list */
+  uint8_t pad_;
+  struct hm_segment_s *segment;  /* medium segment whose chunk holds the span */
+} __attribute__((aligned(128))) hm_span_t;
+
+/* Central state of one size class: spans that still have free slots. */
+typedef struct hm_central_s {
+  hm_lock_t lock;
+  uint32_t span_count;    /* spans of this class alive */
+  size_t free_slots;      /* objects in those spans not handed out (free list + bump) */
+  hm_span_t *partial;     /* spans with at least one free slot (free_list or bump) */
+  hm_span_t *empty;       /* one fully free span kept to avoid span churn (or NULL) */
+  uint64_t spans_made;    /* spans carved for this class, ever */
+  uint64_t spans_released;/* spans given back to the medium heap, ever */
+} __attribute__((aligned(64))) hm_central_t;
+
+/* Per-thread, per-class free list: popped and pushed with no lock and no atomic. */
+typedef struct hm_bin_s {
+  void *head;      /* singly linked through the first word of each free object */
+  uint32_t count;  /* objects on the list */
+  uint32_t limit;  /* push beyond this flushes; 0 means "not set up": the slow path decides */
+} hm_bin_t;
+
+/* Per-thread counters, summed on read; written only by their thread. */
+typedef struct hm_tstats_s {
+  uint64_t malloc_count, free_count, realloc_count;
+  uint64_t refills, flushes;
+} hm_tstats_t;
+
+/* A thread's cache.  Lives in initial-exec TLS, zero at thread start: all lists empty, all
+ * limits zero, so the first malloc and the first free fall into the slow path, which sets
+ * the cache up.  No "initialised?" test is needed on the fast path. */
+typedef struct hm_tcache_s {
+  hm_bin_t bins[HM_CLASSES];
+  hm_tstats_t stats;
+  uint8_t state;                 /* HM_TC_NEW, HM_TC_LIVE, HM_TC_DEAD */
+  unsigned arena_index;          /* medium arena of this thread (hmi_arena_pick) */
+  size_t bytes_cap;              /* HMALLOC_TCACHE_MAX at set-up */
+  struct hm_tcache_s *next, *prev; /* registry of live caches (for stats), under registry lock */
+} hm_tcache_t;
+#define HM_TC_NEW 0
+#define HM_TC_LIVE 1
+#define HM_TC_DEAD 2
+
+/* ---- medium tier -------------------------------------------------------------------------
+ * A chunk: 16-byte header, then the user area.  Free chunks also hold list links after the
+ * header and a copy of their size in their last word (the footer), so the next chunk can find
+ * its free predecessor.  Sizes include the header and are multiples of 16. */
+typedef struct hm_chunk_s {
+  size_t size_flags;  /* size | HM_CH_INUSE | HM_CH_PREV_INUSE */
+  uintptr_t check;    /* (address of the chunk) ^ hmi_secret: tells a real header from data */
+  struct hm_chunk_s *next_free, *prev_free; /* only while free */
+} hm_chunk_t;
+#define HM_CH_INUSE ((size_t)1)
+#define HM_CH_PREV_INUSE ((size_t)2)
+#define HM_CH_FLAGS ((size_t)15)
+#define HM_CHUNK_HEADER 16
+#define HM_CHUNK_MIN 48 /* header + two links + footer, rounded to 16 */
+
+/* A contiguous region of medium chunks: the first chunk starts at `start`; a zero-size in-use
+ * sentinel header sits at end - 16 so that walking and coalescing stop there. */
+typedef struct hm_segment_s {
+  uintptr_t start, end;
+  struct hm_segment_s *next, *prev; /* arena's segments */
+  struct hm_arena_s *arena;
+  uint8_t is_brk;                   /* carved from the brk heap (else mmap) */
+} __attribute__((aligned(128))) hm_segment_t;
+
+/* TLSF-style segregated free lists: first level = highest set bit of the size, second level
+ * = the next HM_SL_BITS bits.  A bitmap per level finds a non-empty list in two ffs. */
+#define HM_SL_BITS 4
+#define HM_SL_COUNT (1 << HM_SL_BITS)
+#define HM_FL_COUNT 48
+
+typedef enum { HM_FIT_BEST = 0, HM_FIT_FIRST = 1 } hm_fit_t;
+
+/* An arena: medium chunks with one lock.  Every field is under `lock`. */
+typedef struct hm_arena_s {
+  hm_lock_t lock;
+  unsigned index;
+  uint8_t use_brk;      /* may grow with sbrk (only the main arena) */
+  uint8_t brk_failed;   /* sbrk refused once: carry on with mmap segments */
+  uint64_t fl_bitmap;
+  uint32_t sl_bitmap[HM_FL_COUNT];
+  hm_chunk_t *bins[HM_FL_COUNT][HM_SL_COUNT];
+  hm_segment_t *segments;
+  /* counters */
+  size_t mapped;        /* bytes of all segments */
+  size_t free_bytes;    /* bytes in free chunks */
+  size_t free_chunks;
+  size_t in_use;        /* bytes in in-use chunks (spans included), headers included */
+  size_t in_use_chunks; /* in-use chunks (spans included) */
+  uint64_t splits, coalesces, searches, brk_grows, brk_trims, seg_maps, seg_unmaps;
+} hm_arena_t;
+
+/* ---- large tier --------------------------------------------------------------------------
+ * Sits HM_LARGE_HEADER bytes before the user pointer, inside the mapping. */
+typedef struct hm_large_s {
+  uintptr_t map;       /* start of the mapping */
+  size_t map_size;     /* bytes mapped */
+  uintptr_t check;     /* address of this header ^ map_size ^ hmi_secret */
+  struct hm_large_s *next, *prev; /* every live large block, under hmi_large_lock */
+} hm_large_t;
+
+/* ---- options (options.c) ---------------------------------------------------------------- */
+typedef struct hm_options_s {
+  size_t mmap_threshold;
+  size_t trim_threshold;
+  size_t tcache_max;
+  hm_fit_t fit;
+  unsigned arenas;
+} hm_options_t;
+
+#endif
