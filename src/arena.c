@@ -356,6 +356,7 @@ void *hmi_arena_alloc(hm_arena_t *a, size_t size, size_t align) {
     }
   }
   bin_remove(a, c);
+  if (a->spare != NULL && (uintptr_t)c == a->spare->start) a->spare = NULL;
   uintptr_t user = (uintptr_t)c + HM_CHUNK_HEADER;
   if (align > HM_ALIGN && (user & (align - 1)) != 0) {
     /* Free a front piece so that the user area lands on the boundary. */
@@ -427,14 +428,17 @@ void hmi_arena_free(void *p, hm_segment_t *seg) {
   cset(c, size, false, prev_inuse);
   set_prev_inuse(cnext(c), false);
   bin_insert(a, c);
-  /* An mmap'ed segment that is entirely free goes back to the OS, unless it is the arena's
-   * only sizeable free space: keeping one avoids map/unmap churn when a thread allocates and
-   * frees one block in a loop. */
+  /* An mmap'ed segment that is entirely free goes back to the OS, except one per arena kept
+   * as a spare: that avoids map/unmap churn when a thread allocates and frees a block in a
+   * loop.  (An allocation from the spare makes it an ordinary segment again.) */
   if (!seg->is_brk && (uintptr_t)c == seg->start &&
-      (uintptr_t)c + size == seg->end - HM_CHUNK_HEADER &&
-      a->free_bytes - size >= HM_SEGMENT_MIN) {
-    bin_remove(a, c);
-    segment_unmap(a, seg);
+      (uintptr_t)c + size == seg->end - HM_CHUNK_HEADER) {
+    if (a->spare == NULL) {
+      a->spare = seg;
+    } else {
+      bin_remove(a, c);
+      segment_unmap(a, seg);
+    }
   } else if (seg->is_brk && (uintptr_t)c + size == seg->end - HM_CHUNK_HEADER &&
              size >= hmi_options.trim_threshold) {
     trim_top(a, HM_TOP_PAD);

@@ -45,7 +45,7 @@ void *hmi_os_sbrk(intptr_t increment);        /* NULL on failure (never (void*)-
 void hmi_os_release(void *p, size_t size);    /* madvise(DONTNEED) on whole pages */
 uint64_t hmi_os_random(void);
 extern int hmi_os_brk_disabled;               /* tests: pretend sbrk always fails */
-extern uint64_t hmi_os_mmap_calls, hmi_os_munmap_calls; /* atomically incremented */
+extern uint64_t hmi_os_mmap_calls, hmi_os_munmap_calls, hmi_os_mremap_calls; /* atomic */
 
 /* ---- format.c: messages without stdio ---- */
 void hmi_write(int fd, const char *s);

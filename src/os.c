@@ -10,7 +10,7 @@
 #include "internal.h"
 
 int hmi_os_brk_disabled;
-uint64_t hmi_os_mmap_calls, hmi_os_munmap_calls;
+uint64_t hmi_os_mmap_calls, hmi_os_munmap_calls, hmi_os_mremap_calls;
 
 void *hmi_os_mmap(size_t size) {
   __atomic_fetch_add(&hmi_os_mmap_calls, 1, __ATOMIC_RELAXED);
@@ -24,6 +24,7 @@ void hmi_os_munmap(void *p, size_t size) {
 }
 
 void *hmi_os_mremap(void *p, size_t old_size, size_t new_size) {
+  __atomic_fetch_add(&hmi_os_mremap_calls, 1, __ATOMIC_RELAXED);
   void *q = mremap(p, old_size, new_size, MREMAP_MAYMOVE);
   return q == MAP_FAILED ? NULL : q;
 }

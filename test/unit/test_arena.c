@@ -1,0 +1,181 @@
+/* The fit allocator (medium tier): long random sequences of alloc, free and in-place resize
+ * on a private arena, for both fit policies, with the heap walker (hmi_arena_check: split and
+ * coalesce invariants, bins, bitmaps, counters) after every few operations; block contents
+ * are checked so no two blocks overlap. */
+#include <criterion/criterion.h>
+#include <string.h>
+
+#include <malloc.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "hmalloc.h"
+#include "internal.h"
+
+#define SLOTS 512
+
+static uint64_t rng_state = 88172645463325252ull;
+static uint64_t rnd(void) {
+  rng_state ^= rng_state << 13;
+  rng_state ^= rng_state >> 7;
+  rng_state ^= rng_state << 17;
+  return rng_state;
+}
+
+typedef struct {
+  unsigned char *p;
+  size_t size;
+  unsigned char tag;
+} slot_t;
+
+static void fill(slot_t *s) { memset(s->p, s->tag, s->size); }
+static void verify(const slot_t *s) {
+  for (size_t i = 0; i < s->size; i++)
+    if (s->p[i] != s->tag) cr_assert_fail("block %p byte %zu overwritten", (void *)s->p, i);
+}
+
+static hm_segment_t *seg_of(void *p) {
+  hm_pmentry_t e = hmi_pagemap_get((uintptr_t)p);
+  cr_assert_eq(e & 7, HM_PM_MEDIUM);
+  return HM_PM_PTR(e);
+}
+
+static void random_run(hm_fit_t fit, unsigned ops) {
+  hmi_ensure_init();
+  hmi_options.fit = fit;
+  static hm_arena_t arena;
+  hmi_arena_init(&arena, 7, false);
+  slot_t slots[SLOTS] = {{0}};
+  for (unsigned i = 0; i < ops; i++) {
+    slot_t *s = &slots[rnd() % SLOTS];
+    unsigned action = (unsigned)(rnd() % 10);
+    if (s->p == NULL) {
+      size_t size = 16 + rnd() % (rnd() % 4 == 0 ? 120000 : 6000);
+      size_t align = rnd() % 8 == 0 ? (size_t)32 << (rnd() % 9) : 16;
+      s->p = hmi_arena_alloc(&arena, size, align);
+      cr_assert_not_null(s->p);
+      cr_assert_eq((uintptr_t)s->p % align, 0);
+      cr_assert_geq(hmi_arena_usable(s->p), size);
+      s->size = size;
+      s->tag = (unsigned char)(i | 1);
+      fill(s);
+    } else if (action < 2) {
+      size_t size = 16 + rnd() % 20000;
+      if (hmi_arena_resize(s->p, seg_of(s->p), size)) {
+        cr_assert_geq(hmi_arena_usable(s->p), size);
+        size_t keep = size < s->size ? size : s->size;
+        s->size = keep;
+        verify(s);
+        s->size = size;
+        fill(s);
+      }
+    } else {
+      verify(s);
+      hmi_arena_free(s->p, seg_of(s->p));
+      s->p = NULL;
+    }
+    if (i % 64 == 0) cr_assert_eq(hmi_arena_check(&arena), 0, "heap walker failed at op %u", i);
+  }
+  for (unsigned i = 0; i < SLOTS; i++)
+    if (slots[i].p) {
+      verify(&slots[i]);
+      hmi_arena_free(slots[i].p, seg_of(slots[i].p));
+    }
+  cr_assert_eq(hmi_arena_check(&arena), 0);
+  cr_assert_eq(arena.in_use, 0);
+  cr_assert_eq(arena.in_use_chunks, 0);
+  /* everything coalesced: one free chunk per remaining segment */
+  unsigned segs = 0;
+  for (hm_segment_t *s = arena.segments; s; s = s->next) segs++;
+  cr_assert_eq(arena.free_chunks, segs);
+  cr_assert_leq(segs, 1, "fully free mmap segments beyond one were not unmapped");
+}
+
+Test(arena, random_sequence_best_fit) { random_run(HM_FIT_BEST, 60000); }
+Test(arena, random_sequence_first_fit) { random_run(HM_FIT_FIRST, 60000); }
+
+Test(arena, split_and_coalesce_with_both_neighbours) {
+  hmi_ensure_init();
+  static hm_arena_t arena;
+  hmi_arena_init(&arena, 8, false);
+  void *a = hmi_arena_alloc(&arena, 10000, 16);
+  void *b = hmi_arena_alloc(&arena, 10000, 16);
+  void *c = hmi_arena_alloc(&arena, 10000, 16);
+  void *guard = hmi_arena_alloc(&arena, 10000, 16);
+  cr_assert(arena.splits >= 4, "each allocation from the fresh segment splits it");
+  hm_segment_t *seg = seg_of(a);
+  size_t chunks_before = arena.free_chunks;
+  hmi_arena_free(a, seg);
+  hmi_arena_free(c, seg);
+  cr_assert_eq(arena.free_chunks, chunks_before + 2);
+  uint64_t coalesces = arena.coalesces;
+  hmi_arena_free(b, seg); /* merges with a before and c after */
+  cr_assert_eq(arena.coalesces, coalesces + 2);
+  cr_assert_eq(arena.free_chunks, chunks_before + 1);
+  cr_assert_eq(hmi_arena_check(&arena), 0);
+  /* the merged space serves a request bigger than any one of the three */
+  void *big = hmi_arena_alloc(&arena, 29000, 16);
+  cr_assert_eq(big, a, "best fit reuses the coalesced hole");
+  hmi_arena_free(big, seg);
+  hmi_arena_free(guard, seg);
+  cr_assert_eq(hmi_arena_check(&arena), 0);
+}
+
+Test(arena, resize_grows_into_free_neighbour_and_shrinks_in_place) {
+  hmi_ensure_init();
+  static hm_arena_t arena;
+  hmi_arena_init(&arena, 9, false);
+  char *a = hmi_arena_alloc(&arena, 8000, 16);
+  void *b = hmi_arena_alloc(&arena, 8000, 16);
+  void *guard = hmi_arena_alloc(&arena, 100, 16);
+  hm_segment_t *seg = seg_of(a);
+  memset(a, 7, 8000);
+  cr_assert_not(hmi_arena_resize(a, seg, 12000), "neighbour in use: cannot grow");
+  hmi_arena_free(b, seg);
+  cr_assert(hmi_arena_resize(a, seg, 15000));
+  cr_assert_geq(hmi_arena_usable(a), 15000);
+  for (int i = 0; i < 8000; i++) cr_assert_eq(a[i], 7);
+  cr_assert(hmi_arena_resize(a, seg, 5000));
+  cr_assert_lt(hmi_arena_usable(a), 6000, "shrink gives the tail back");
+  cr_assert_eq(hmi_arena_check(&arena), 0);
+  hmi_arena_free(a, seg);
+  hmi_arena_free(guard, seg);
+  cr_assert_eq(hmi_arena_check(&arena), 0);
+}
+
+Test(arena, header_of_user_data_is_not_a_chunk) {
+  char *p = malloc(20000);
+  hm_segment_t *seg = seg_of(p);
+  cr_assert_not_null(hmi_arena_chunk_of(p, seg));
+  cr_assert_null(hmi_arena_chunk_of(p + 16, seg));
+  cr_assert_null(hmi_arena_chunk_of(p + 8, seg));
+  memset(p, 0xab, 20000);
+  cr_assert_null(hmi_arena_chunk_of(p + 4096, seg));
+  free(p);
+}
+
+Test(arena, main_heap_consistent_after_mixed_use) {
+  void *ptrs[2000];
+  for (int round = 0; round < 3; round++) {
+    for (int i = 0; i < 2000; i++) ptrs[i] = malloc((size_t)(i * 37 % 9000) + 1);
+    for (int i = 0; i < 2000; i += 2) free(ptrs[i]);
+    cr_assert_eq(hm_heap_check(), 0);
+    for (int i = 1; i < 2000; i += 2) free(ptrs[i]);
+    cr_assert_eq(hm_heap_check(), 0);
+  }
+}
+
+Test(arena, brk_top_is_trimmed) {
+  hmi_ensure_init();
+  free(malloc(16));             /* set the thread cache up, then pin this thread to */
+  hmi_tcache.arena_index = 0;   /* the main arena, the one on the brk heap */
+  void *cur = sbrk(0);
+  void *blocks[64];
+  for (int i = 0; i < 64; i++) blocks[i] = malloc(100000); /* 6.4 MB of medium blocks */
+  cr_assert_gt((char *)sbrk(0) - (char *)cur, 6000000, "the brk heap grew");
+  uint64_t trims = hmi_main_arena.brk_trims;
+  for (int i = 63; i >= 0; i--) free(blocks[i]);
+  cr_assert_gt(hmi_main_arena.brk_trims, trims);
+  cr_assert_lt((char *)sbrk(0) - (char *)cur, 1 << 20, "the free top went back to the OS");
+  cr_assert_eq(hm_heap_check(), 0);
+}

@@ -1,0 +1,90 @@
+/* Large tier: own mapping, unmapped on free, mremap on realloc (grows without copying),
+ * over-aligned blocks with trimmed head and tail, usable size, counters, mallopt threshold. */
+#include <criterion/criterion.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include <malloc.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "hmalloc.h"
+#include "internal.h"
+
+static bool mapped(void *p) {
+  unsigned char v;
+  return mincore((void *)hm_page_floor((uintptr_t)p), HM_PAGE, &v) == 0;
+}
+
+Test(large, own_mapping_unmapped_on_free) {
+  hmi_ensure_init();
+  size_t count = hmi_large_count;
+  char *p = malloc(1 << 20);
+  cr_assert_not_null(p);
+  cr_assert_eq((uintptr_t)p % 64, 0);
+  cr_assert_eq(hmi_large_count, count + 1);
+  cr_assert_geq(malloc_usable_size(p), 1 << 20);
+  memset(p, 1, malloc_usable_size(p));
+  free(p);
+  cr_assert_eq(hmi_large_count, count);
+  cr_assert_not(mapped(p), "the block's pages were unmapped");
+}
+
+Test(large, threshold_boundary_and_mallopt) {
+  hmi_ensure_init();
+  size_t count = hmi_large_count;
+  void *below = malloc(HM_DEFAULT_MMAP_THRESHOLD - 1);
+  void *at = malloc(HM_DEFAULT_MMAP_THRESHOLD);
+  cr_assert_eq(hmi_pagemap_get((uintptr_t)below) & 7, HM_PM_MEDIUM);
+  cr_assert_eq(hmi_pagemap_get((uintptr_t)at) & 7, HM_PM_LARGE);
+  cr_assert_eq(hmi_large_count, count + 1);
+  cr_assert_eq(mallopt(M_MMAP_THRESHOLD, 64 * 1024), 1);
+  void *now_large = malloc(80000);
+  cr_assert_eq(hmi_pagemap_get((uintptr_t)now_large) & 7, HM_PM_LARGE);
+  cr_assert_eq(mallopt(M_MMAP_THRESHOLD, 64 << 20), 0, "above glibc's maximum: refused");
+  free(below);
+  free(at);
+  free(now_large);
+}
+
+Test(large, realloc_uses_mremap_without_copy) {
+  hmi_ensure_init();
+  size_t n = 4 << 20;
+  unsigned char *p = malloc(n);
+  for (size_t i = 0; i < n; i += 4096) p[i] = (unsigned char)(i >> 12);
+  uint64_t mremaps = hmi_os_mremap_calls, munmaps = hmi_os_munmap_calls;
+  unsigned char *q = realloc(p, 64 << 20);
+  cr_assert_not_null(q);
+  cr_assert_eq(hmi_os_mremap_calls, mremaps + 1, "the block was moved by mremap");
+  cr_assert_eq(hmi_os_munmap_calls, munmaps, "and not copied to a new mapping");
+  for (size_t i = 0; i < n; i += 4096) cr_assert_eq(q[i], (unsigned char)(i >> 12));
+  memset(q, 3, 64 << 20);
+  unsigned char *r = realloc(q, 2 << 20); /* shrink in place */
+  cr_assert_eq(r, q);
+  cr_assert_eq(r[(2 << 20) - 1], 3);
+  cr_assert_eq(hm_heap_check(), 0);
+  free(r);
+}
+
+Test(large, over_aligned_blocks) {
+  for (size_t align = 4096; align <= ((size_t)1 << 24); align <<= 1) {
+    void *p = NULL;
+    cr_assert_eq(posix_memalign(&p, align, 300000), 0);
+    cr_assert_eq((uintptr_t)p % align, 0, "align %zu", align);
+    cr_assert_geq(malloc_usable_size(p), 300000);
+    memset(p, 0x5a, 300000);
+    cr_assert_eq(hm_heap_check(), 0);
+    /* realloc of an over-aligned block moves it (mremap could lose the alignment) */
+    void *q = realloc(p, 600000);
+    cr_assert_not_null(q);
+    cr_assert_eq(((unsigned char *)q)[299999], 0x5a);
+    free(q);
+  }
+}
+
+Test(large, interior_pointer_is_not_a_block) {
+  char *p = malloc(1 << 20);
+  cr_assert_eq(hmi_pagemap_get((uintptr_t)p + 8192), 0);
+  cr_assert_null(hmi_large_of(p + 64, hmi_pagemap_get((uintptr_t)p)));
+  free(p);
+}

@@ -1,0 +1,49 @@
+/* Size classes: monotone, 16-byte multiples, smallest fitting class, bounded rounding waste,
+ * and the exact division used to validate object starts. */
+#include <criterion/criterion.h>
+
+#include <malloc.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "hmalloc.h"
+#include "internal.h"
+
+Test(size_class, table_is_increasing_and_aligned) {
+  for (unsigned c = 0; c < HM_CLASSES; c++) {
+    cr_assert_eq(hmi_class_size[c] % 16, 0, "class %u size %u", c, hmi_class_size[c]);
+    if (c > 0) cr_assert_gt(hmi_class_size[c], hmi_class_size[c - 1]);
+  }
+  cr_assert_eq(hmi_class_size[HM_CLASSES - 1], HM_SMALL_MAX);
+}
+
+Test(size_class, smallest_fitting_class_for_every_size) {
+  for (size_t n = 0; n <= HM_SMALL_MAX; n++) {
+    unsigned c = hmi_size_class(n);
+    cr_assert_lt(c, HM_CLASSES);
+    cr_assert_geq(hmi_class_size[c], n, "size %zu got class %u", n, c);
+    if (c > 0) cr_assert_lt(hmi_class_size[c - 1], n == 0 ? 1 : n, "size %zu not tightest", n);
+  }
+}
+
+Test(size_class, rounding_waste_at_most_one_eighth_above_128) {
+  for (size_t n = 129; n <= HM_SMALL_MAX; n++) {
+    size_t got = hmi_class_size[hmi_size_class(n)];
+    cr_assert_leq((got - n) * 8, n, "size %zu rounds to %zu", n, got);
+  }
+  for (size_t n = 1; n <= 128; n++) cr_assert_lt(hmi_class_size[hmi_size_class(n)] - n, 16);
+}
+
+Test(size_class, division_by_inverse_is_exact) {
+  for (unsigned c = 0; c < HM_CLASSES; c++)
+    for (uint32_t off = 0; off < HM_SPAN_SIZE; off++)
+      cr_assert_eq(hmi_class_div(off, c), off / hmi_class_size[c]);
+}
+
+Test(size_class, malloc_usable_size_is_the_class_size) {
+  for (size_t n = 1; n <= HM_SMALL_MAX; n += 7) {
+    void *p = malloc(n);
+    cr_assert_eq(malloc_usable_size(p), hmi_class_size[hmi_size_class(n)]);
+    free(p);
+  }
+}

@@ -1,0 +1,102 @@
+/* Small tier: spans carved from the medium heap and given back when empty; thread cache
+ * refill, flush and byte cap; objects of a span never overlap. */
+#include <criterion/criterion.h>
+#include <pthread.h>
+#include <string.h>
+
+#include <malloc.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "hmalloc.h"
+#include "internal.h"
+
+Test(span, objects_are_distinct_aligned_and_span_local) {
+  enum { N = 20000 };
+  static void *p[N];
+  for (int i = 0; i < N; i++) {
+    p[i] = malloc(48);
+    cr_assert_eq((uintptr_t)p[i] % 16, 0);
+    memset(p[i], i & 0xff, 48);
+  }
+  for (int i = 0; i < N; i++) {
+    unsigned char *b = p[i];
+    for (int j = 0; j < 48; j++) cr_assert_eq(b[j], i & 0xff, "object %d overwritten", i);
+  }
+  for (int i = 0; i < N; i++) free(p[i]);
+  cr_assert_eq(hm_heap_check(), 0);
+}
+
+Test(span, empty_spans_return_to_the_medium_heap) {
+  hmi_ensure_init();
+  unsigned cls = hmi_size_class(1000);
+  hm_central_t *c = &hmi_central[cls];
+  enum { N = 5000 }; /* ~5 MB of 1000-byte objects: ~80 spans */
+  static void *p[N];
+  for (int i = 0; i < N; i++) p[i] = malloc(1000);
+  uint32_t spans = c->span_count;
+  cr_assert_gt(spans, 60);
+  for (int i = 0; i < N; i++) free(p[i]);
+  hm_tcache_t *tc = &hmi_tcache;
+  cr_assert_leq(tc->bins[cls].count, tc->bins[cls].limit);
+  cr_assert_lt(c->span_count, spans / 4, "emptied spans were released");
+  cr_assert_gt(c->spans_released, 0);
+  cr_assert_eq(hm_heap_check(), 0);
+}
+
+Test(span, tcache_refill_and_flush_in_batches) {
+  hmi_ensure_init();
+  unsigned cls = hmi_size_class(64);
+  hm_tcache_t *tc = &hmi_tcache;
+  void *p = malloc(64);
+  uint64_t refills = tc->stats.refills;
+  uint32_t count = tc->bins[cls].count;
+  cr_assert_gt(count, 0, "a refill brings a batch, not one object");
+  for (uint32_t i = 0; i < count; i++) free(malloc(64)), (void)0;
+  cr_assert_eq(tc->stats.refills, refills, "served from the cache");
+  static void *q[5000];
+  for (int i = 0; i < 5000; i++) q[i] = malloc(64);
+  uint64_t flushes = tc->stats.flushes;
+  for (int i = 0; i < 5000; i++) free(q[i]);
+  cr_assert_gt(tc->stats.flushes, flushes);
+  cr_assert_leq(tc->bins[cls].count, tc->bins[cls].limit);
+  free(p);
+}
+
+Test(span, cache_stays_under_its_byte_cap) {
+  hmi_ensure_init();
+  hm_tcache_t *tc = &hmi_tcache;
+  static void *q[64][200];
+  for (unsigned c = 0; c < HM_CLASSES; c += 1)
+    for (int i = 0; i < 200; i++) q[c][i] = malloc(hmi_class_size[c]);
+  for (unsigned c = 0; c < HM_CLASSES; c += 1)
+    for (int i = 0; i < 200; i++) free(q[c][i]);
+  size_t bytes = 0, biggest = 0;
+  for (unsigned c = 0; c < HM_CLASSES; c++) {
+    bytes += (size_t)tc->bins[c].count * hmi_class_size[c];
+    if ((size_t)tc->bins[c].limit * hmi_class_size[c] > biggest)
+      biggest = (size_t)tc->bins[c].limit * hmi_class_size[c];
+  }
+  cr_assert_leq(bytes, hmi_options.tcache_max + biggest);
+}
+
+static void *thread_body(void *arg) {
+  (void)arg;
+  void *p[300];
+  for (int i = 0; i < 300; i++) p[i] = malloc(32 + (size_t)i);
+  for (int i = 0; i < 300; i++) free(p[i]);
+  return &hmi_tcache;
+}
+
+Test(span, exiting_thread_gives_its_cache_back) {
+  pthread_t t;
+  pthread_create(&t, NULL, thread_body, NULL);
+  void *tc_addr;
+  pthread_join(t, &tc_addr);
+  /* the dead thread's cache was flushed: its objects are free slots again */
+  hm_stats_t s;
+  hm_stats_get(&s);
+  cr_assert_eq(hm_heap_check(), 0);
+  (void)tc_addr;
+  (void)s;
+}
