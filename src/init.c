@@ -22,6 +22,7 @@ void hmi_pagemap_lock(void);
 void hmi_pagemap_unlock(void);
 void hmi_pagemap_reset_lock(void);
 void hmi_tcache_after_fork_child(void);
+void hmi_stats_init(void);
 
 static void fork_prepare(void) {
   hm_lock(&hmi_registry_lock);
@@ -58,6 +59,7 @@ void hmi_init(void) {
     hmi_options_load();
     hmi_arenas_init(hmi_options.arenas);
     hmi_tcache_init_process();
+    hmi_stats_init();
     __atomic_store_n(&hmi_ready, 1, __ATOMIC_RELEASE);
   }
   hm_unlock(&init_lock);

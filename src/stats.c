@@ -6,7 +6,9 @@
  * lock.  `allocated` is computed, not counted: small = objects out of spans minus objects in
  * thread caches, times their class size; medium = in-use chunk bytes minus headers and spans;
  * large = usable bytes of live mappings.  Reading takes each lock briefly, one at a time. */
+#include <fcntl.h>
 #include <limits.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "hmalloc.h"
@@ -198,4 +200,23 @@ HM_API void hm_malloc_stats(void) {
               "max mmap regions = %10zu\nmax mmap bytes   = %10zu\n",
               system + s.large_bytes, in_use + s.large_bytes, hmi_large_max_count,
               hmi_large_max_bytes);
+}
+
+/* ---- report at exit: HMALLOC_STATS=1 ----
+ * The report goes to a duplicate of stderr taken at start-up, because some programs close
+ * fd 2 in their own exit handlers (coreutils do) before library destructors run. */
+static int report_fd = -1;
+
+void hmi_stats_init(void) {
+  const char *v = getenv("HMALLOC_STATS");
+  if (v == NULL || v[0] == '\0' || (v[0] == '0' && v[1] == '\0')) return;
+  if (v[0] == '1' && v[1] == '\0') {
+    report_fd = fcntl(2, F_DUPFD_CLOEXEC, 100);
+    return;
+  }
+  hmi_warn("hmalloc: warning: HMALLOC_STATS=%s is not valid (0 or 1); using the default 0\n", v);
+}
+
+__attribute__((destructor)) static void stats_at_exit(void) {
+  if (report_fd >= 0) hm_stats_print(report_fd);
 }
