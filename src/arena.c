@@ -75,6 +75,8 @@ static inline void mapping(size_t size, unsigned *fl, unsigned *sl) {
 }
 
 static void bin_insert(hm_arena_t *a, hm_chunk_t *c) {
+  hm_assert(csize(c) >= HM_CHUNK_MIN && (csize(c) & (HM_ALIGN - 1)) == 0 && !cinuse(c));
+  hm_assert(*cfooter(c) == csize(c));
   unsigned fl, sl;
   mapping(csize(c), &fl, &sl);
   hm_chunk_t *head = a->bins[fl][sl];
@@ -316,6 +318,19 @@ static bool trim_top(hm_arena_t *a, size_t keep) {
   return true;
 }
 
+static int check_arena_locked(hm_arena_t *a);
+
+/* Debug builds (-Ddebug_checks=true) walk the whole arena every 256 operations. */
+static inline void debug_walk(hm_arena_t *a) {
+#ifdef HM_DEBUG
+  static unsigned ops;
+  if ((++ops & 255) == 0 && check_arena_locked(a) != 0)
+    hmi_fatal("hmalloc: debug heap check failed\n");
+#else
+  (void)a;
+#endif
+}
+
 /* ---- allocation ---- */
 static inline size_t chunk_need(size_t size) {
   size_t need = hm_align_up(size + HM_CHUNK_HEADER, HM_ALIGN);
@@ -376,6 +391,9 @@ void *hmi_arena_alloc(hm_arena_t *a, size_t size, size_t align) {
   split_tail(a, c, need);
   a->in_use += csize(c);
   a->in_use_chunks++;
+  hm_assert(((uintptr_t)c + HM_CHUNK_HEADER) % (align > HM_ALIGN ? align : HM_ALIGN) == 0);
+  hm_assert(csize(c) >= need && cinuse(c) && cprev_inuse(cnext(c)));
+  debug_walk(a);
   hm_unlock(&a->lock);
   return (void *)((uintptr_t)c + HM_CHUNK_HEADER);
 }
@@ -443,6 +461,7 @@ void hmi_arena_free(void *p, hm_segment_t *seg) {
              size >= hmi_options.trim_threshold) {
     trim_top(a, HM_TOP_PAD);
   }
+  debug_walk(a);
   hm_unlock(&a->lock);
 }
 

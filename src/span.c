@@ -148,6 +148,7 @@ uint32_t hmi_span_take(unsigned cls, uint32_t want, void **head) {
       n++;
       s->used++;
     }
+    hm_assert(s->used <= s->capacity && s->bump <= s->capacity);
     if (s->used == s->capacity) partial_remove(c, s);
   }
   c->free_slots -= n;
@@ -164,6 +165,7 @@ void hmi_span_give(unsigned cls, void *head, uint32_t n) {
     void *p = head;
     head = *(void **)p;
     hm_span_t *s = HM_PM_PTR(hmi_pagemap_get((uintptr_t)p));
+    hm_assert(s->cls == cls && s->used > 0 && (uintptr_t)p - s->start < HM_SPAN_SIZE);
     *(void **)p = s->free_list;
     s->free_list = p;
     s->used--;

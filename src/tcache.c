@@ -72,6 +72,7 @@ static void flush(hm_tcache_t *tc, unsigned c, uint32_t n) {
   for (uint32_t i = 1; i < n; i++) last = *(void **)last;
   b->head = *(void **)last;
   *(void **)last = NULL;
+  hm_assert(b->count >= n);
   b->count -= n;
   tc->stats.flushes++;
   hmi_span_give(c, head, n);

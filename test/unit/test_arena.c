@@ -3,6 +3,7 @@
  * coalesce invariants, bins, bitmaps, counters) after every few operations; block contents
  * are checked so no two blocks overlap. */
 #include <criterion/criterion.h>
+#include <stdio.h>
 #include <string.h>
 
 #include <malloc.h>
@@ -177,5 +178,43 @@ Test(arena, brk_top_is_trimmed) {
   for (int i = 63; i >= 0; i--) free(blocks[i]);
   cr_assert_gt(hmi_main_arena.brk_trims, trims);
   cr_assert_lt((char *)sbrk(0) - (char *)cur, 1 << 20, "the free top went back to the OS");
+  cr_assert_eq(hm_heap_check(), 0);
+}
+
+static long rss_kib(void) {
+  FILE *f = fopen("/proc/self/statm", "r");
+  long pages = 0, resident = 0;
+  cr_assert_eq(fscanf(f, "%ld %ld", &pages, &resident), 2);
+  fclose(f);
+  return resident * 4;
+}
+
+Test(arena, malloc_trim_releases_free_pages_inside_the_heap) {
+  hmi_ensure_init();
+  free(malloc(16));
+  hmi_tcache.arena_index = 0;
+  enum { N = 400 };
+  static char *blocks[N];
+  for (int i = 0; i < N; i++) {
+    blocks[i] = malloc(100000); /* 40 MB of medium blocks, all touched */
+    memset(blocks[i], 1, 100000);
+  }
+  /* Free every block but every tenth: the holes coalesce but stay below live blocks, so
+   * automatic top trimming cannot give them back. */
+  for (int i = 0; i < N; i++)
+    if (i % 10 != 9) free(blocks[i]);
+  long before = rss_kib();
+  cr_assert_eq(malloc_trim(0), 1);
+  long after = rss_kib();
+  cr_assert_lt(after, before - 20000, "RSS went from %ld KiB to %ld KiB", before, after);
+  cr_assert_eq(hm_heap_check(), 0);
+  for (int i = 9; i < N; i += 10) {
+    for (int j = 0; j < 100000; j += 4096) cr_assert_eq(blocks[i][j], 1);
+    free(blocks[i]);
+  }
+  /* released pages are reusable */
+  char *again = malloc(100000);
+  memset(again, 2, 100000);
+  free(again);
   cr_assert_eq(hm_heap_check(), 0);
 }
