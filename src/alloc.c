@@ -16,6 +16,10 @@ void hmi_invalid_pointer(const char *caller, void *p) {
   hmi_fatal("hmalloc: %s(): invalid pointer %p\n", caller, p);
 }
 
+void hmi_corrupt_list(void *at) {
+  hmi_fatal("hmalloc: heap corruption: free list link of %p overwritten\n", at);
+}
+
 void *hmi_alloc_small_slow(unsigned cls) {
   void *p = hmi_tcache_alloc_slow(cls);
   if (HM_UNLIKELY(p == NULL)) {
@@ -63,8 +67,8 @@ size_t hmi_usable(void *p, const char *caller) {
     const hm_span_t *s = HM_PM_PTR(e);
     unsigned cls = HM_PM_CLASS(e);
     uint32_t off = (uint32_t)((uintptr_t)p - s->start);
-    uint32_t idx = hmi_class_div(off, cls);
-    if (idx * hmi_class_size[cls] != off || idx >= s->capacity) hmi_invalid_pointer(caller, p);
+    if (hmi_class_index(off, cls) >= __atomic_load_n(&s->bump, __ATOMIC_RELAXED))
+      hmi_invalid_pointer(caller, p);
     return hmi_class_size[cls];
   }
   if (e & HM_PM_MEDIUM) {

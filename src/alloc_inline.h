@@ -3,8 +3,9 @@
  *
  * malloc of a small size: size class from a constant table, pop the thread's list.
  * free: one page-map lookup names the tier; a small object is checked to be an object start
- * of its span (so interior and foreign pointers never enter a free list) and pushed on the
- * thread's list.  Everything else goes to the out-of-line slow paths in alloc.c. */
+ * its span has handed out (so interior and foreign pointers never enter a free list), and one
+ * that still carries the free mark is checked for a double free; then it is pushed on the
+ * thread's list, its link encoded (safe-linking, internal.h).  Everything else goes to the out-of-line slow paths in alloc.c. */
 #ifndef HM_ALLOC_INLINE_H
 #define HM_ALLOC_INLINE_H
 
@@ -13,6 +14,7 @@
 void *hmi_alloc_small_slow(unsigned cls);
 void *hmi_alloc_big(size_t size);
 void hmi_free_slow(void *p, hm_pmentry_t e, const char *caller);
+void hmi_free_marked(void *p, unsigned cls);
 
 static inline __attribute__((always_inline)) void *hm_alloc_inline(size_t size) {
   if (HM_LIKELY(size <= HM_SMALL_MAX)) {
@@ -21,8 +23,9 @@ static inline __attribute__((always_inline)) void *hm_alloc_inline(size_t size) 
     hm_bin_t *b = &tc->bins[cls];
     void *p = b->head;
     if (HM_LIKELY(p != NULL)) {
-      b->head = *(void **)p;
-      b->count--;
+      b->head = hmi_next_checked_k(p, tc->list_key);
+      ((uintptr_t *)p)[1] = 0; /* no longer marked free */
+      b->space++;
       tc->stats.malloc_count++;
       return p;
     }
@@ -36,16 +39,22 @@ static inline __attribute__((always_inline)) void hm_free_inline(void *p, const 
   hm_pmentry_t e = hmi_pagemap_get((uintptr_t)p);
   if (HM_LIKELY(e & HM_PM_SMALL)) {
     const hm_span_t *s = HM_PM_PTR(e);
-    unsigned cls = HM_PM_CLASS(e);
-    uint32_t off = (uint32_t)((uintptr_t)p - s->start);
-    uint32_t idx = hmi_class_div(off, cls);
-    if (HM_LIKELY(idx * hmi_class_size[cls] == off && idx < s->capacity)) {
+    uint32_t x = (uint32_t)((uintptr_t)p - s->start) * s->minv; /* see hmi_class_index */
+    uint32_t idx = (x >> s->shift) | (x << ((32u - s->shift) & 31u));
+    /* An object start that the span has handed out at least once. */
+    if (HM_LIKELY(idx < __atomic_load_n(&s->bump, __ATOMIC_RELAXED))) {
+      unsigned cls = s->cls;
       hm_tcache_t *tc = &hmi_tcache;
+      if (HM_UNLIKELY(((uintptr_t *)p)[1] == tc->free_mark)) {
+        hmi_free_marked(p, cls); /* a double free, user data that looks like the mark, or */
+        return;                  /* a thread whose cache is not set up yet (mark 0) */
+      }
       hm_bin_t *b = &tc->bins[cls];
-      *(void **)p = b->head;
+      *(void **)p = hmi_link_k(b->head, p, tc->list_key);
+      ((uintptr_t *)p)[1] = tc->free_mark;
       b->head = p;
       tc->stats.free_count++;
-      if (HM_LIKELY(++b->count <= b->limit)) return;
+      if (HM_LIKELY(--b->space >= 0)) return;
       hmi_tcache_free_slow(p, cls);
       return;
     }

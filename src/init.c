@@ -14,6 +14,7 @@
 #include "internal.h"
 
 uintptr_t hmi_secret;
+uintptr_t hmi_list_key, hmi_free_mark;
 int hmi_ready;
 static hm_lock_t init_lock = HM_LOCK_INIT;
 static int atfork_done;
@@ -56,6 +57,8 @@ void hmi_init(void) {
   hm_lock(&init_lock);
   if (!hmi_ready) {
     hmi_secret = (uintptr_t)hmi_os_random();
+    hmi_list_key = (uintptr_t)hmi_os_random();
+    hmi_free_mark = (uintptr_t)hmi_os_random() | 1;
     hmi_options_load();
     hmi_arenas_init(hmi_options.arenas);
     hmi_tcache_init_process();

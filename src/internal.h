@@ -73,23 +73,37 @@ bool hmi_pagemap_set(uintptr_t addr, size_t pages, hm_pmentry_t value);
 
 /* ---- size_class.c ---- */
 extern const uint32_t hmi_class_size[HM_CLASSES];
-extern const uint8_t hmi_class_of_small[(1024 >> 4) + 1]; /* (size+15)>>4 -> class, size<=1024 */
-extern const uint32_t hmi_class_inv[HM_CLASSES];         /* ceil(2^32 / size) */
-static inline unsigned hmi_size_class(size_t size) {
-  if (HM_LIKELY(size <= 1024)) return hmi_class_of_small[(size + 15) >> 4];
-  /* eight classes per power of two above 1 KiB: 1152 1280 ... 2048 2304 ... 4096 */
-  unsigned lg = 63u - (unsigned)__builtin_clzl(size - 1); /* 10 .. 11 for 1025..4096 */
-  unsigned sub = (unsigned)((size - 1) >> (lg - 3)) & 7u;
-  return 32u + (lg - 10u) * 8u + sub;
+extern const uint8_t hmi_class_of[(HM_SMALL_MAX >> 4) + 1]; /* (size+15)>>4 -> class */
+extern const uint32_t hmi_class_minv[HM_CLASSES];
+extern const uint8_t hmi_class_shift[HM_CLASSES];
+static inline unsigned hmi_size_class(size_t size) { return hmi_class_of[(size + 15) >> 4]; }
+/* offset / size when offset is a multiple of the class size; something above any span's
+ * capacity otherwise (see size_class.c). */
+static inline uint32_t hmi_class_index(uint32_t offset, unsigned cls) {
+  uint32_t x = offset * hmi_class_minv[cls];
+  unsigned k = hmi_class_shift[cls];
+  return (x >> k) | (x << ((32u - k) & 31u));
 }
-/* Objects in a span of class cls. */
-static inline uint32_t hmi_class_capacity(unsigned cls) {
-  return (uint32_t)(HM_SPAN_SIZE / hmi_class_size[cls]);
+
+/* ---- free-list links (safe-linking) ----
+ * A free object's first word holds the next object's address XOR (the word's own address >>
+ * 12) XOR a per-process random key, so a use-after-free write cannot point malloc at an
+ * address of the attacker's choosing, and a stray value decodes to garbage that fails the
+ * alignment check.  Its second word holds hmi_free_mark while it is free: a free of an object
+ * carrying the mark is checked for a double free (tcache.c). */
+extern uintptr_t hmi_list_key, hmi_free_mark;
+static inline void *hmi_link_k(void *next, void *at, uintptr_t key) {
+  return (void *)((uintptr_t)next ^ ((uintptr_t)at >> 12) ^ key);
 }
-/* offset / size for offset < 2^16 using the precomputed inverse. */
-static inline uint32_t hmi_class_div(uint32_t offset, unsigned cls) {
-  return (uint32_t)(((uint64_t)offset * hmi_class_inv[cls]) >> 32);
+static inline void *hmi_link(void *next, void *at) { return hmi_link_k(next, at, hmi_list_key); }
+static inline void *hmi_unlink_next(void *at) { return hmi_link(*(void **)at, at); }
+HM_COLD __attribute__((noreturn)) void hmi_corrupt_list(void *at);
+static inline void *hmi_next_checked_k(void *at, uintptr_t key) {
+  void *next = hmi_link_k(*(void **)at, at, key);
+  if (HM_UNLIKELY(((uintptr_t)next & (HM_ALIGN - 1)) != 0)) hmi_corrupt_list(at);
+  return next;
 }
+static inline void *hmi_next_checked(void *at) { return hmi_next_checked_k(at, hmi_list_key); }
 
 /* ---- arena.c: the medium tier ---- */
 void hmi_arena_init(hm_arena_t *a, unsigned index, bool use_brk);
@@ -124,6 +138,7 @@ uint32_t hmi_span_take(unsigned cls, uint32_t want, void **head);
 void hmi_span_give(unsigned cls, void *head, uint32_t n);
 int hmi_span_check(void);
 void hmi_span_release_empty(void);
+bool hmi_span_holds_free(void *p, unsigned cls);
 void *hmi_meta_alloc(size_t size);   /* metadata pool: 64-byte aligned, zeroed */
 void hmi_meta_free(void *p, size_t size);
 extern hm_lock_t hmi_meta_lock;

@@ -4,7 +4,13 @@
  * Classes: 16-byte steps up to 128, then eight classes per power of two up to 4096, so
  * rounding a request up wastes at most 12.5% of it above 128 bytes, and at most 15 bytes
  * below.  Invariant: hmi_class_size is strictly increasing, every size is a multiple of 16,
- * and hmi_size_class(n) is the smallest class whose size is >= n. */
+ * and hmi_size_class(n) is the smallest class whose size is >= n.
+ *
+ * Object index without a division: write size = d * 2^k with d odd, and let minv be the
+ * inverse of d modulo 2^32.  For an offset that is a multiple of size, (offset * minv) rotated
+ * right by k is exactly offset / size; for any other offset below 2^32 it is larger than
+ * 2^32 / size, which is above every span's capacity.  One multiply and one rotate both divide
+ * and tell an object start from an interior pointer (hmi_class_index in internal.h). */
 #include "internal.h"
 
 const uint32_t hmi_class_size[HM_CLASSES] = {
@@ -14,22 +20,37 @@ const uint32_t hmi_class_size[HM_CLASSES] = {
   1664, 1792, 1920, 2048, 2304, 2560, 2816, 3072, 3328, 3584, 3840, 4096,
 };
 
-/* hmi_class_of_small[(n + 15) >> 4] for n <= 1024 */
-const uint8_t hmi_class_of_small[(1024 >> 4) + 1] = {
+/* hmi_class_of[(n + 15) >> 4] for n <= HM_SMALL_MAX */
+const uint8_t hmi_class_of[(HM_SMALL_MAX >> 4) + 1] = {
   0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 16, 17,
   17, 18, 18, 19, 19, 20, 20, 21, 21, 22, 22, 23, 23, 24, 24, 24, 24, 25, 25, 25,
   25, 26, 26, 26, 26, 27, 27, 27, 27, 28, 28, 28, 28, 29, 29, 29, 29, 30, 30, 30,
-  30, 31, 31, 31, 31,
+  30, 31, 31, 31, 31, 32, 32, 32, 32, 32, 32, 32, 32, 33, 33, 33, 33, 33, 33, 33,
+  33, 34, 34, 34, 34, 34, 34, 34, 34, 35, 35, 35, 35, 35, 35, 35, 35, 36, 36, 36,
+  36, 36, 36, 36, 36, 37, 37, 37, 37, 37, 37, 37, 37, 38, 38, 38, 38, 38, 38, 38,
+  38, 39, 39, 39, 39, 39, 39, 39, 39, 40, 40, 40, 40, 40, 40, 40, 40, 40, 40, 40,
+  40, 40, 40, 40, 40, 41, 41, 41, 41, 41, 41, 41, 41, 41, 41, 41, 41, 41, 41, 41,
+  41, 42, 42, 42, 42, 42, 42, 42, 42, 42, 42, 42, 42, 42, 42, 42, 42, 43, 43, 43,
+  43, 43, 43, 43, 43, 43, 43, 43, 43, 43, 43, 43, 43, 44, 44, 44, 44, 44, 44, 44,
+  44, 44, 44, 44, 44, 44, 44, 44, 44, 45, 45, 45, 45, 45, 45, 45, 45, 45, 45, 45,
+  45, 45, 45, 45, 45, 46, 46, 46, 46, 46, 46, 46, 46, 46, 46, 46, 46, 46, 46, 46,
+  46, 47, 47, 47, 47, 47, 47, 47, 47, 47, 47, 47, 47, 47, 47, 47, 47,
 };
 
-/* ceil(2^32 / size): offset / size == (offset * inv) >> 32 exactly for offsets below 2^16 */
-const uint32_t hmi_class_inv[HM_CLASSES] = {
-  268435456, 134217728, 89478486, 67108864, 53687092, 44739243,
-  38347923, 33554432, 29826162, 26843546, 24403224, 22369622,
-  20648882, 19173962, 17895698, 16777216, 14913081, 13421773,
-  12201612, 11184811, 10324441, 9586981, 8947849, 8388608,
-  7456541, 6710887, 6100806, 5592406, 5162221, 4793491,
-  4473925, 4194304, 3728271, 3355444, 3050403, 2796203,
-  2581111, 2396746, 2236963, 2097152, 1864136, 1677722,
-  1525202, 1398102, 1290556, 1198373, 1118482, 1048576,
+/* odd part of each class size, inverted modulo 2^32 */
+const uint32_t hmi_class_minv[HM_CLASSES] = {
+  1, 1, 2863311531, 1, 3435973837, 2863311531,
+  3067833783, 1, 954437177, 3435973837, 3123612579, 2863311531,
+  3303820997, 3067833783, 4008636143, 1, 954437177, 3435973837,
+  3123612579, 2863311531, 3303820997, 3067833783, 4008636143, 1,
+  954437177, 3435973837, 3123612579, 2863311531, 3303820997, 3067833783,
+  4008636143, 1, 954437177, 3435973837, 3123612579, 2863311531,
+  3303820997, 3067833783, 4008636143, 1, 954437177, 3435973837,
+  3123612579, 2863311531, 3303820997, 3067833783, 4008636143, 1,
+};
+
+/* power of two in each class size */
+const uint8_t hmi_class_shift[HM_CLASSES] = {
+  4, 5, 4, 6, 4, 5, 4, 7, 4, 5, 4, 6, 4, 5, 4, 8, 5, 6, 5, 7, 5, 6, 5, 9,
+  6, 7, 6, 8, 6, 7, 6, 10, 7, 8, 7, 9, 7, 8, 7, 11, 8, 9, 8, 10, 8, 9, 8, 12,
 };

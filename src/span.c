@@ -95,6 +95,8 @@ static hm_span_t *span_make(unsigned cls) {
   s->start = (uintptr_t)mem;
   s->capacity = span_capacity(cls);
   s->cls = (uint16_t)cls;
+  s->minv = hmi_class_minv[cls];
+  s->shift = hmi_class_shift[cls];
   /* The pages were mapped (their leaf exists) as the segment's: this cannot fail. */
   hmi_pagemap_set(s->start, HM_SPAN_PAGES, (uintptr_t)s | ((uintptr_t)cls << 1) | HM_PM_SMALL);
   hm_central_t *c = &hmi_central[cls];
@@ -134,16 +136,17 @@ uint32_t hmi_span_take(unsigned cls, uint32_t want, void **head) {
     }
     while (n < want && s->free_list != NULL) {
       void *p = s->free_list;
-      s->free_list = *(void **)p;
-      *(void **)p = list;
+      s->free_list = hmi_next_checked(p);
+      *(void **)p = hmi_link(list, p);
       list = p;
       n++;
       s->used++;
     }
     while (n < want && s->bump < s->capacity) {
       void *p = (void *)(s->start + (size_t)s->bump * size);
-      s->bump++;
-      *(void **)p = list;
+      /* free() reads bump without the lock to accept only handed-out objects */
+      __atomic_store_n(&s->bump, s->bump + 1, __ATOMIC_RELAXED);
+      *(void **)p = hmi_link(list, p);
       list = p;
       n++;
       s->used++;
@@ -163,17 +166,17 @@ void hmi_span_give(unsigned cls, void *head, uint32_t n) {
   c->free_slots += n;
   while (head != NULL) {
     void *p = head;
-    head = *(void **)p;
+    head = hmi_next_checked(p);
     hm_span_t *s = HM_PM_PTR(hmi_pagemap_get((uintptr_t)p));
     hm_assert(s->cls == cls && s->used > 0 && (uintptr_t)p - s->start < HM_SPAN_SIZE);
-    *(void **)p = s->free_list;
+    *(void **)p = hmi_link(s->free_list, p);
     s->free_list = p;
     s->used--;
     if (s->used == 0) {
       if (s->listed) partial_remove(c, s);
       if (c->empty == NULL) {
         s->free_list = NULL; /* every object is free again: restart from a clean bump */
-        s->bump = 0;
+        __atomic_store_n(&s->bump, 0, __ATOMIC_RELAXED);
         c->empty = s;
       } else {
         span_release(c, s);
@@ -183,6 +186,19 @@ void hmi_span_give(unsigned cls, void *head, uint32_t n) {
     }
   }
   hm_unlock(&c->lock);
+}
+
+/* Is p on its span's free list?  (Double-free check, tcache.c: rare, so a walk is fine.) */
+bool hmi_span_holds_free(void *p, unsigned cls) {
+  hm_central_t *c = &hmi_central[cls];
+  bool found = false;
+  hm_lock(&c->lock);
+  hm_span_t *s = HM_PM_PTR(hmi_pagemap_get((uintptr_t)p));
+  uint32_t i = 0;
+  for (void *q = s->free_list; q != NULL && i <= s->capacity; q = hmi_next_checked(q), i++)
+    if (q == p) { found = true; break; }
+  hm_unlock(&c->lock);
+  return found;
 }
 
 /* malloc_trim: give every kept empty span back to the medium heap. */
@@ -223,7 +239,7 @@ int hmi_span_check(void) {
         s = c->empty; /* checked last */
       }
       uint32_t free_count = 0;
-      for (void *p = s->free_list; p != NULL; p = *(void **)p) {
+      for (void *p = s->free_list; p != NULL; p = hmi_unlink_next(p)) {
         uintptr_t off = (uintptr_t)p - s->start;
         if ((uintptr_t)p < s->start || off >= (uintptr_t)s->bump * size || off % size != 0 ||
             ++free_count > s->capacity) {

@@ -3,7 +3,7 @@
  *
  * The cache is a TLS struct (initial-exec), all zero when a thread starts: every list is
  * empty and every limit is 0, so the first malloc (empty list) and the first free
- * (count > limit) of a thread land here and set the cache up.  The fast paths never ask
+ * (space below 0, or the zero mark) of a thread land here and set the cache up.  The fast paths never ask
  * "initialised?".
  * A free by any thread goes to that thread's cache whatever span the object came from; a
  * list that passes its limit gives half of it back to the central lists in one batch (so a
@@ -48,8 +48,26 @@ void hmi_tcache_init_process(void) {
 }
 
 static void setup(hm_tcache_t *tc) {
+  /* Frees made before set-up pushed with key 0 and mark 0 (the TLS copies were still zero):
+   * re-link those objects under the real key. */
+  for (unsigned c = 0; c < HM_CLASSES; c++) {
+    hm_bin_t *b = &tc->bins[c];
+    void *list = NULL;
+    for (void *q = b->head; q != NULL;) {
+      void *next = hmi_next_checked_k(q, 0);
+      *(void **)q = hmi_link(list, q);
+      ((uintptr_t *)q)[1] = hmi_free_mark;
+      list = q;
+      q = next;
+    }
+    b->head = list;
+    uint32_t count = hm_bin_count(b);
+    b->limit = class_limit[c];
+    b->space = (int32_t)b->limit - (int32_t)count;
+  }
+  tc->list_key = hmi_list_key;
+  tc->free_mark = hmi_free_mark;
   tc->bytes_cap = hmi_options.tcache_max;
-  for (unsigned c = 0; c < HM_CLASSES; c++) tc->bins[c].limit = class_limit[c];
   tc->arena_index = hmi_arena_assign();
   tc->state = HM_TC_LIVE;
   hm_lock(&hmi_registry_lock);
@@ -66,14 +84,14 @@ static void setup(hm_tcache_t *tc) {
 /* Give `n` objects from the front of bin c back to the central lists. */
 static void flush(hm_tcache_t *tc, unsigned c, uint32_t n) {
   hm_bin_t *b = &tc->bins[c];
-  if (n > b->count) n = b->count;
+  uint32_t count = hm_bin_count(b);
+  if (n > count) n = count;
   if (n == 0) return;
   void *head = b->head, *last = head;
-  for (uint32_t i = 1; i < n; i++) last = *(void **)last;
-  b->head = *(void **)last;
-  *(void **)last = NULL;
-  hm_assert(b->count >= n);
-  b->count -= n;
+  for (uint32_t i = 1; i < n; i++) last = hmi_next_checked(last);
+  b->head = hmi_next_checked(last);
+  *(void **)last = hmi_link(NULL, last);
+  b->space += (int32_t)n;
   tc->stats.flushes++;
   hmi_span_give(c, head, n);
 }
@@ -81,14 +99,15 @@ static void flush(hm_tcache_t *tc, unsigned c, uint32_t n) {
 static size_t cached_bytes(const hm_tcache_t *tc) {
   size_t bytes = 0;
   for (unsigned c = 0; c < HM_CLASSES; c++)
-    bytes += (size_t)tc->bins[c].count * hmi_class_size[c];
+    bytes += (size_t)hm_bin_count(&tc->bins[c]) * hmi_class_size[c];
   return bytes;
 }
 
 /* Keep the whole cache under its byte cap: halve every list while it is over. */
 static void enforce_cap(hm_tcache_t *tc) {
   while (cached_bytes(tc) > tc->bytes_cap) {
-    for (unsigned c = 0; c < HM_CLASSES; c++) flush(tc, c, (tc->bins[c].count + 1) / 2);
+    for (unsigned c = 0; c < HM_CLASSES; c++)
+      flush(tc, c, (hm_bin_count(&tc->bins[c]) + 1) / 2);
   }
 }
 
@@ -97,10 +116,11 @@ void *hmi_tcache_alloc_slow(unsigned cls) {
   hmi_ensure_init();
   if (tc->state == HM_TC_NEW) setup(tc);
   hm_bin_t *b = &tc->bins[cls];
-  if (b->head != NULL) { /* refilled meanwhile (cannot happen today, but cheap to honour) */
+  if (b->head != NULL) { /* set-up just re-linked an object of this class */
     void *p = b->head;
-    b->head = *(void **)p;
-    b->count--;
+    b->head = hmi_next_checked(p);
+    ((uintptr_t *)p)[1] = 0;
+    b->space++;
     return p;
   }
   void *list;
@@ -109,36 +129,62 @@ void *hmi_tcache_alloc_slow(unsigned cls) {
   if (n == 0) return NULL;
   tc->stats.refills++;
   void *p = list;
-  b->head = *(void **)p;
-  b->count = n - 1;
+  b->head = hmi_next_checked(p);
+  ((uintptr_t *)p)[1] = 0;
+  b->space -= (int32_t)(n - 1);
   if (n > 1) enforce_cap(tc);
   return p;
 }
 
+/* p has just been pushed on its bin, which is now over its limit (or not set up). */
 void hmi_tcache_free_slow(void *p, unsigned cls) {
   hm_tcache_t *tc = &hmi_tcache;
-  /* p is already pushed on the bin; count exceeds limit. */
+  (void)p;
   if (tc->state == HM_TC_NEW) {
     hmi_ensure_init();
     setup(tc);
-    if (tc->bins[cls].count <= tc->bins[cls].limit) return;
+    if (tc->bins[cls].space >= 0) return;
   }
-  (void)p;
   hm_bin_t *b = &tc->bins[cls];
   if (tc->state != HM_TC_LIVE || b->limit == 0) {
-    flush(tc, cls, b->count);
+    flush(tc, cls, hm_bin_count(b));
     return;
   }
-  flush(tc, cls, b->count - b->limit / 2);
+  flush(tc, cls, hm_bin_count(b) - b->limit / 2);
   enforce_cap(tc);
+}
+
+/* p (of class cls, a valid object start) carries this thread's free mark.  It is a double
+ * free if it is on this thread's list or its span's free list; otherwise the mark was user
+ * data (or the object sits in another thread's cache, which cannot be searched safely) and
+ * the free goes on as usual.  A thread not set up yet has mark 0: set it up first. */
+void hmi_free_marked(void *p, unsigned cls) {
+  hm_tcache_t *tc = &hmi_tcache;
+  if (tc->state == HM_TC_NEW) {
+    hmi_ensure_init();
+    setup(tc);
+  }
+  hm_bin_t *b = &tc->bins[cls];
+  if (((uintptr_t *)p)[1] == tc->free_mark) {
+    uint32_t i = 0, count = hm_bin_count(b);
+    for (void *q = b->head; q != NULL && i <= count; q = hmi_next_checked(q), i++)
+      if (q == p) hmi_fatal("hmalloc: free(): double free %p\n", p);
+    if (hmi_span_holds_free(p, cls)) hmi_fatal("hmalloc: free(): double free %p\n", p);
+  }
+  *(void **)p = hmi_link(b->head, p);
+  ((uintptr_t *)p)[1] = tc->free_mark;
+  b->head = p;
+  tc->stats.free_count++;
+  if (--b->space < 0) hmi_tcache_free_slow(p, cls);
 }
 
 static void thread_exit(void *arg) {
   hm_tcache_t *tc = arg;
   if (tc != &hmi_tcache || tc->state != HM_TC_LIVE) return;
   for (unsigned c = 0; c < HM_CLASSES; c++) {
-    flush(tc, c, tc->bins[c].count);
+    flush(tc, c, hm_bin_count(&tc->bins[c]));
     tc->bins[c].limit = 0;
+    tc->bins[c].space = 0;
   }
   tc->state = HM_TC_DEAD;
   hm_lock(&hmi_registry_lock);
@@ -162,8 +208,11 @@ void hmi_tcache_sum(hm_tstats_t *out, size_t *cached) {
     out->realloc_count += __atomic_load_n(&tc->stats.realloc_count, __ATOMIC_RELAXED);
     out->refills += __atomic_load_n(&tc->stats.refills, __ATOMIC_RELAXED);
     out->flushes += __atomic_load_n(&tc->stats.flushes, __ATOMIC_RELAXED);
-    for (unsigned c = 0; c < HM_CLASSES; c++)
-      bytes += (size_t)__atomic_load_n(&tc->bins[c].count, __ATOMIC_RELAXED) * hmi_class_size[c];
+    for (unsigned c = 0; c < HM_CLASSES; c++) {
+      int32_t space = __atomic_load_n(&tc->bins[c].space, __ATOMIC_RELAXED);
+      uint32_t limit = __atomic_load_n(&tc->bins[c].limit, __ATOMIC_RELAXED);
+      bytes += (size_t)(uint32_t)((int32_t)limit - space) * hmi_class_size[c];
+    }
   }
   hm_unlock(&hmi_registry_lock);
   if (cached) *cached = bytes;

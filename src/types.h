@@ -52,7 +52,8 @@ typedef struct hm_span_s {
   uint32_t used;                 /* objects out of the span (in thread caches or in use) */
   uint16_t cls;                  /* size class */
   uint8_t listed;                /* on the class's partial list */
-  uint8_t pad_;
+  uint8_t shift;                 /* hmi_class_shift[cls], kept here for free's fast path */
+  uint32_t minv;                 /* hmi_class_minv[cls], likewise */
   struct hm_segment_s *segment;  /* medium segment whose chunk holds the span */
 } __attribute__((aligned(128))) hm_span_t;
 
@@ -67,12 +68,17 @@ typedef struct hm_central_s {
   uint64_t spans_released;/* spans given back to the medium heap, ever */
 } __attribute__((aligned(64))) hm_central_t;
 
-/* Per-thread, per-class free list: popped and pushed with no lock and no atomic. */
+/* Per-thread, per-class free list: popped and pushed with no lock and no atomic.
+ * The list holds limit - space objects; a push that takes space below 0 goes to the slow
+ * path (one decrement and one sign test on the fast path).  All zero before set-up. */
 typedef struct hm_bin_s {
   void *head;      /* singly linked through the first word of each free object */
-  uint32_t count;  /* objects on the list */
-  uint32_t limit;  /* push beyond this flushes; 0 means "not set up": the slow path decides */
+  int32_t space;   /* pushes left before the list is over its limit */
+  uint32_t limit;  /* objects the list may hold; 0 before set-up and after thread exit */
 } hm_bin_t;
+static inline uint32_t hm_bin_count(const hm_bin_t *b) {
+  return (uint32_t)((int32_t)b->limit - b->space);
+}
 
 /* Per-thread counters, summed on read; written only by their thread. */
 typedef struct hm_tstats_s {
@@ -84,6 +90,8 @@ typedef struct hm_tstats_s {
  * limits zero, so the first malloc and the first free fall into the slow path, which sets
  * the cache up.  No "initialised?" test is needed on the fast path. */
 typedef struct hm_tcache_s {
+  uintptr_t list_key;  /* copies of hmi_list_key and hmi_free_mark, reachable from the */
+  uintptr_t free_mark; /* thread pointer without a global load; 0 until set-up */
   hm_bin_t bins[HM_CLASSES];
   hm_tstats_t stats;
   uint8_t state;                 /* HM_TC_NEW, HM_TC_LIVE, HM_TC_DEAD */

@@ -62,7 +62,6 @@ Test(api_edge, every_pointer_16_aligned) {
    * a window of live blocks makes the allocator hand out fresh memory, not one slot. */
   enum { WINDOW = 64 };
   void *live[WINDOW] = {0};
-  size_t live_size[WINDOW] = {0};
   size_t k = 0;
 #define TRY(sz)                                                                                \
   do {                                                                                       \
@@ -76,7 +75,6 @@ Test(api_edge, every_pointer_16_aligned) {
     }                                                                                        \
     if (live[k % WINDOW]) A(free)(live[k % WINDOW]);                                         \
     live[k % WINDOW] = p_;                                                                   \
-    live_size[k % WINDOW] = n_;                                                              \
     k++;                                                                                     \
   } while (0)
   for (size_t n = 0; n <= 8192; n++) TRY(n);
@@ -88,7 +86,6 @@ Test(api_edge, every_pointer_16_aligned) {
   TRY(2 * MiB);
 #undef TRY
   for (size_t i = 0; i < WINDOW; i++) A(free)(live[i]);
-  (void)live_size;
   /* the other entry points too */
   for (size_t n = 1; n <= 2 * MiB; n = n * 3 + 1) {
     void *c = A(calloc)(1, opaque(n));

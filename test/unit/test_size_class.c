@@ -34,10 +34,15 @@ Test(size_class, rounding_waste_at_most_one_eighth_above_128) {
   for (size_t n = 1; n <= 128; n++) cr_assert_lt(hmi_class_size[hmi_size_class(n)] - n, 16);
 }
 
-Test(size_class, division_by_inverse_is_exact) {
-  for (unsigned c = 0; c < HM_CLASSES; c++)
-    for (uint32_t off = 0; off < HM_SPAN_SIZE; off++)
-      cr_assert_eq(hmi_class_div(off, c), off / hmi_class_size[c]);
+Test(size_class, object_index_divides_and_rejects_interior_offsets) {
+  for (unsigned c = 0; c < HM_CLASSES; c++) {
+    uint32_t size = hmi_class_size[c], capacity = (HM_SPAN_SIZE - 16) / size;
+    for (uint32_t off = 0; off < HM_SPAN_SIZE; off++) {
+      uint32_t idx = hmi_class_index(off, c);
+      if (off % size == 0) cr_assert_eq(idx, off / size);
+      else cr_assert_gt(idx, capacity, "class %u offset %u passes as object %u", c, off, idx);
+    }
+  }
 }
 
 Test(size_class, malloc_usable_size_is_the_class_size) {
