@@ -53,6 +53,8 @@ void hmi_free_slow(void *p, hm_pmentry_t e, const char *caller) {
     hm_large_t *h = hmi_large_of(p, e);
     if (h == NULL) hmi_invalid_pointer(caller, p);
     hmi_large_free(h);
+  } else if (e == HM_PM_FREED_LARGE && ((uintptr_t)p & (HM_PAGE - 1)) <= HM_LARGE_HEADER) {
+    hmi_fatal("hmalloc: %s(): double free %p\n", caller, p);
   } else {
     hmi_invalid_pointer(caller, p);
   }

@@ -88,7 +88,7 @@ void hmi_large_free(hm_large_t *h) {
   size_t map_size = h->map_size;
   unlink_live(h);
   h->check = 0; /* a stale copy of the pointer no longer validates */
-  hmi_pagemap_set(hm_page_floor((uintptr_t)h + HM_LARGE_HEADER), 1, 0);
+  hmi_pagemap_set(hm_page_floor((uintptr_t)h + HM_LARGE_HEADER), 1, HM_PM_FREED_LARGE);
   hmi_os_munmap((void *)map, map_size);
 }
 

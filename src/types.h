@@ -30,11 +30,14 @@
  * 0                        not hmalloc's page
  * span | cls << 1 | 1      a page of a small span (span descriptors are 128-byte aligned)
  * segment | 2              a page of a medium segment
- * large header | 4         the page holding a large block's user pointer */
+ * large header | 4         the page holding a large block's user pointer
+ * 8                        the same page after the large block was freed (a tombstone, so a
+ *                          second free is named a double free; overwritten when reused) */
 typedef uintptr_t hm_pmentry_t;
 #define HM_PM_SMALL 1u
 #define HM_PM_MEDIUM 2u
 #define HM_PM_LARGE 4u
+#define HM_PM_FREED_LARGE 8u
 #define HM_PM_PTR(e) ((void *)((e) & ~(uintptr_t)127))
 #define HM_PM_CLASS(e) ((unsigned)((e) >> 1) & 63u)
 

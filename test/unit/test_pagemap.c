@@ -47,7 +47,8 @@ Test(pagemap, each_tier_maps_to_its_kind) {
   free(s);
   free(m);
   free(l);
-  cr_assert_eq(hmi_pagemap_get((uintptr_t)l), 0, "a freed large block leaves no entry");
+  cr_assert_eq(hmi_pagemap_get((uintptr_t)l), HM_PM_FREED_LARGE,
+               "a freed large block leaves a tombstone");
 }
 
 Test(pagemap, foreign_mapping_is_not_ours) {
