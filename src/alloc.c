@@ -112,6 +112,7 @@ static void *alloc_aligned(size_t alignment, size_t size) {
     return NULL;
   }
   hmi_tcache.stats.malloc_count++;
+  HM_VG_ALLOC(p, size, 0);
   return p;
 }
 
@@ -162,19 +163,27 @@ HM_API void *hm_realloc(void *p, size_t size) {
   size_t usable = hmi_usable(p, "realloc");
   if (e & HM_PM_SMALL) {
     /* Same class: nothing to do.  Another class: move (a shrink then frees memory). */
-    if (size <= HM_SMALL_MAX && hmi_size_class(size) == HM_PM_CLASS(e)) return p;
+    if (size <= HM_SMALL_MAX && hmi_size_class(size) == HM_PM_CLASS(e)) {
+      HM_VG_RESIZED(p, usable, size);
+      return p;
+    }
     return realloc_move(p, usable, size);
   }
   if (e & HM_PM_MEDIUM) {
     if (size > HM_SMALL_MAX && size < hmi_options.mmap_threshold &&
-        hmi_arena_resize(p, HM_PM_PTR(e), size))
+        hmi_arena_resize(p, HM_PM_PTR(e), size)) {
+      HM_VG_RESIZED(p, usable, size);
       return p;
+    }
     return realloc_move(p, usable, size);
   }
   /* large */
   if (size >= hmi_options.mmap_threshold) {
     void *q = hmi_large_realloc(hmi_large_of(p, e), size);
-    if (q != NULL) return q;
+    if (q != NULL) {
+      HM_VG_RESIZED(q, usable, size); /* memcheck: the old block is gone either way */
+      return q;
+    }
   }
   return realloc_move(p, usable, size);
 }
@@ -263,3 +272,28 @@ HM_API int hm_mallopt(int param, int value) {
       return 0;
   }
 }
+
+#ifdef HM_VALGRIND
+/* A block that stays at p (or moved there by mremap) with new size: free the old record,
+ * record the new block, and keep the preserved bytes defined. */
+void hmi_vg_resized(void *p, size_t keep, size_t size) {
+  VALGRIND_FREELIKE_BLOCK(p, 0);
+  VALGRIND_MALLOCLIKE_BLOCK(p, size, 0, 0);
+  VALGRIND_MAKE_MEM_DEFINED(p, keep < size ? keep : size);
+}
+
+void hmi_vg_free(void *p) {
+  hm_pmentry_t e = hmi_pagemap_get((uintptr_t)p);
+  if (e & HM_PM_SMALL) {
+    VALGRIND_FREELIKE_BLOCK(p, 0);
+    VALGRIND_MAKE_MEM_DEFINED(p, 16);
+  } else if (e & HM_PM_MEDIUM) {
+    hm_chunk_t *c = hmi_arena_chunk_of(p, HM_PM_PTR(e));
+    if (c == NULL) return; /* not a block: free() reports it */
+    VALGRIND_FREELIKE_BLOCK(p, 0);
+    VALGRIND_MAKE_MEM_DEFINED(p, hmi_arena_usable(p));
+  } else if (e & HM_PM_LARGE) {
+    VALGRIND_FREELIKE_BLOCK(p, 0);
+  }
+}
+#endif

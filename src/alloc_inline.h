@@ -10,13 +10,14 @@
 #define HM_ALLOC_INLINE_H
 
 #include "internal.h"
+#include "vg.h"
 
 void *hmi_alloc_small_slow(unsigned cls);
 void *hmi_alloc_big(size_t size);
 void hmi_free_slow(void *p, hm_pmentry_t e, const char *caller);
 void hmi_free_marked(void *p, unsigned cls);
 
-static inline __attribute__((always_inline)) void *hm_alloc_inline(size_t size) {
+static inline __attribute__((always_inline)) void *hm_alloc_raw(size_t size) {
   if (HM_LIKELY(size <= HM_SMALL_MAX)) {
     unsigned cls = hmi_size_class(size);
     hm_tcache_t *tc = &hmi_tcache;
@@ -34,7 +35,7 @@ static inline __attribute__((always_inline)) void *hm_alloc_inline(size_t size) 
   return hmi_alloc_big(size);
 }
 
-static inline __attribute__((always_inline)) void hm_free_inline(void *p, const char *caller) {
+static inline __attribute__((always_inline)) void hm_free_raw(void *p, const char *caller) {
   if (HM_UNLIKELY(p == NULL)) return;
   hm_pmentry_t e = hmi_pagemap_get((uintptr_t)p);
   if (HM_LIKELY(e & HM_PM_SMALL)) {
@@ -60,6 +61,19 @@ static inline __attribute__((always_inline)) void hm_free_inline(void *p, const 
     }
   }
   hmi_free_slow(p, e, caller);
+}
+
+/* With -Dvalgrind=true these tell memcheck about each block; otherwise they are the raw
+ * paths exactly. */
+static inline __attribute__((always_inline)) void *hm_alloc_inline(size_t size) {
+  void *p = hm_alloc_raw(size);
+  HM_VG_ALLOC(p, size, 0);
+  return p;
+}
+
+static inline __attribute__((always_inline)) void hm_free_inline(void *p, const char *caller) {
+  HM_VG_FREE(p);
+  hm_free_raw(p, caller);
 }
 
 #endif

@@ -1,0 +1,30 @@
+/* vg.h - valgrind client requests (build option -Dvalgrind=true), so memcheck sees hmalloc's
+ * blocks as heap blocks: leaks, reads of uninitialised bytes, accesses past the requested size
+ * and (for small and large blocks) accesses after free.  Without the option every macro is
+ * empty and the code is exactly the same as without this file.
+ * A freed block is marked free, then the words the allocator itself keeps in it are made
+ * accessible again: the first 16 bytes of a small object (list link and free mark), the whole
+ * of a medium block (links and footers move as chunks coalesce). */
+#ifndef HM_VG_H
+#define HM_VG_H
+
+#ifdef HM_VALGRIND
+#include <valgrind/memcheck.h>
+#define HM_VG_ALLOC(p, size, zeroed)                                    \
+  do {                                                                  \
+    if ((p) != NULL) VALGRIND_MALLOCLIKE_BLOCK((p), (size), 0, (zeroed)); \
+  } while (0)
+void hmi_vg_free(void *p);
+void hmi_vg_resized(void *p, size_t keep, size_t size);
+#define HM_VG_FREE(p)                 \
+  do {                                \
+    if ((p) != NULL) hmi_vg_free(p);  \
+  } while (0)
+#define HM_VG_RESIZED(p, keep, size) hmi_vg_resized((p), (keep), (size))
+#else
+#define HM_VG_ALLOC(p, size, zeroed) ((void)0)
+#define HM_VG_FREE(p) ((void)0)
+#define HM_VG_RESIZED(p, keep, size) ((void)0)
+#endif
+
+#endif
