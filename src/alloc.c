@@ -274,11 +274,18 @@ HM_API int hm_mallopt(int param, int value) {
 }
 
 #ifdef HM_VALGRIND
+void hmi_vg_alloc(void *p, size_t size, int zeroed) {
+  VALGRIND_MALLOCLIKE_BLOCK(p, size, 0, zeroed);
+  size_t usable = hmi_usable(p, "malloc");
+  if (usable > size) VALGRIND_MAKE_MEM_NOACCESS((char *)p + size, usable - size);
+}
+
 /* A block that stays at p (or moved there by mremap) with new size: free the old record,
  * record the new block, and keep the preserved bytes defined. */
 void hmi_vg_resized(void *p, size_t keep, size_t size) {
   VALGRIND_FREELIKE_BLOCK(p, 0);
-  VALGRIND_MALLOCLIKE_BLOCK(p, size, 0, 0);
+  VALGRIND_MAKE_MEM_DEFINED(p, keep < size ? keep : size);
+  hmi_vg_alloc(p, size, 0);
   VALGRIND_MAKE_MEM_DEFINED(p, keep < size ? keep : size);
 }
 
@@ -287,6 +294,7 @@ void hmi_vg_free(void *p) {
   if (e & HM_PM_SMALL) {
     VALGRIND_FREELIKE_BLOCK(p, 0);
     VALGRIND_MAKE_MEM_DEFINED(p, 16);
+    /* the rest stays inaccessible until the object is handed out again */
   } else if (e & HM_PM_MEDIUM) {
     hm_chunk_t *c = hmi_arena_chunk_of(p, HM_PM_PTR(e));
     if (c == NULL) return; /* not a block: free() reports it */

@@ -4,15 +4,19 @@
  * empty and the code is exactly the same as without this file.
  * A freed block is marked free, then the words the allocator itself keeps in it are made
  * accessible again: the first 16 bytes of a small object (list link and free mark), the whole
- * of a medium block (links and footers move as chunks coalesce). */
+ * of a medium block (links and footers move as chunks coalesce).  The bytes between the
+ * requested size and the usable size are made inaccessible, so overruns show.
+ * Run programs with valgrind --soname-synonyms=somalloc=nouserintercepts, or memcheck
+ * replaces hmalloc's malloc with its own. */
 #ifndef HM_VG_H
 #define HM_VG_H
 
 #ifdef HM_VALGRIND
 #include <valgrind/memcheck.h>
-#define HM_VG_ALLOC(p, size, zeroed)                                    \
-  do {                                                                  \
-    if ((p) != NULL) VALGRIND_MALLOCLIKE_BLOCK((p), (size), 0, (zeroed)); \
+void hmi_vg_alloc(void *p, size_t size, int zeroed);
+#define HM_VG_ALLOC(p, size, zeroed)                   \
+  do {                                                 \
+    if ((p) != NULL) hmi_vg_alloc((p), (size), (zeroed)); \
   } while (0)
 void hmi_vg_free(void *p);
 void hmi_vg_resized(void *p, size_t keep, size_t size);
