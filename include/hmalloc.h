@@ -69,12 +69,43 @@ typedef struct hm_stats_s {
 void hm_stats_get(hm_stats_t *out);
 /* Write a readable report to file descriptor fd (no stdio is used). */
 void hm_stats_print(int fd);
+/* The same figures as one JSON object (no trailing newline), formatted like snprintf: at most
+ * len bytes are written, NUL included, and the length the whole object needs (NUL excluded)
+ * is returned; buf may be NULL with len 0 to ask for the length.  Besides the fields of
+ * hm_stats_t it holds per tier ("tiers": small, medium, large: in use, free, mapped, system
+ * calls, splits, coalesces, fit searches), per arena ("arenas") and per size class
+ * ("classes": objects and bytes in use, cached, free slots, spans).  The figures move with
+ * every allocation: a buffer sized by a first call should have some slack. */
+size_t hm_stats_json(char *buf, size_t len);
+/* Start peak_allocated, peak_mapped (and malloc_stats' "max mmap" figures) again from the
+ * current readings. */
+void hm_stats_reset_peaks(void);
+/* glibc's malloc_info: an XML report in glibc's shape on fp.  options must be 0 (else
+ * EINVAL).  Returns 0.  Also exported as malloc_info. */
+int hm_malloc_info(int options, FILE *fp);
 
 /* ---- checking ------------------------------------------------------------------------ */
 /* Walk every heap structure (medium segments, free bins, spans, large blocks) and verify its
  * invariants.  Returns 0 when the heap is consistent; otherwise writes one line naming the
  * first broken invariant to stderr and returns -1. */
 int hm_heap_check(void);
+
+/* ---- hooks ---------------------------------------------------------------------------
+ * Callbacks for tracers and heap profilers.  `requested` is the size asked for (for aligned
+ * small requests: the size class used), `usable` what malloc_usable_size reports.  realloc
+ * reports one on_realloc (old_ptr NULL never: realloc(NULL, n) is an allocation; a realloc to
+ * 0 is a free).  A hook may call malloc and free: those calls are not reported to it.
+ * Hooks cost nothing while none is set: a thread enters "hooked" mode, in which its cache is
+ * bypassed, on its next slow-path operation after hm_set_hooks (immediately for the calling
+ * thread and for threads started afterwards).  Set hooks at start-up to see every call. */
+typedef struct hm_hooks_s {
+  void (*on_alloc)(void *ptr, size_t requested, size_t usable, void *arg);
+  void (*on_free)(void *ptr, size_t usable, void *arg);
+  void (*on_realloc)(void *old_ptr, void *new_ptr, size_t requested, size_t usable, void *arg);
+} hm_hooks_t;
+/* Install hooks (copied; any member may be NULL) with the argument passed to each; NULL
+ * removes them. */
+void hm_set_hooks(const hm_hooks_t *hooks, void *arg);
 
 #ifdef __cplusplus
 }

@@ -20,13 +20,14 @@ void hmi_corrupt_list(void *at) {
   hmi_fatal("hmalloc: heap corruption: free list link of %p overwritten\n", at);
 }
 
-void *hmi_alloc_small_slow(unsigned cls) {
+void *hmi_alloc_small_slow(unsigned cls, size_t size) {
   void *p = hmi_tcache_alloc_slow(cls);
   if (HM_UNLIKELY(p == NULL)) {
     errno = ENOMEM;
     return NULL;
   }
   hmi_tcache.stats.malloc_count++;
+  if (HM_UNLIKELY(hmi_hooks_on)) hmi_hook_alloc(p, size);
   return p;
 }
 
@@ -38,6 +39,7 @@ void *hmi_alloc_big(size_t size) {
   else p = hmi_arena_alloc(hmi_arena_pick(), size, HM_ALIGN);
   if (p == NULL) goto fail;
   hmi_tcache.stats.malloc_count++;
+  if (HM_UNLIKELY(hmi_hooks_on)) hmi_hook_alloc(p, size);
   return p;
 fail:
   errno = ENOMEM;
@@ -47,6 +49,8 @@ fail:
 void hmi_free_slow(void *p, hm_pmentry_t e, const char *caller) {
   if (e & HM_PM_SMALL) hmi_invalid_pointer(caller, p); /* inside a span, not an object start */
   int saved = errno; /* munmap, madvise and brk may set it; free must not */
+  if (HM_UNLIKELY(hmi_hooks_on) && (e & (HM_PM_MEDIUM | HM_PM_LARGE)))
+    hmi_hook_free(p, hmi_usable(p, caller));
   if (e & HM_PM_MEDIUM) {
     hmi_arena_free(p, HM_PM_PTR(e));
   } else if (e & HM_PM_LARGE) {
@@ -113,6 +117,7 @@ static void *alloc_aligned(size_t alignment, size_t size) {
   }
   hmi_tcache.stats.malloc_count++;
   HM_VG_ALLOC(p, size, 0);
+  if (HM_UNLIKELY(hmi_hooks_on)) hmi_hook_alloc(p, size);
   return p;
 }
 
@@ -147,7 +152,15 @@ static void *realloc_move(void *p, size_t old_usable, size_t size) {
   return q;
 }
 
+static void *realloc_impl(void *p, size_t size);
+
 HM_API void *hm_realloc(void *p, size_t size) {
+  if (HM_UNLIKELY(hmi_hooks_on) && p != NULL && size != 0)
+    return hmi_hooked_realloc(realloc_impl, p, size);
+  return realloc_impl(p, size);
+}
+
+static void *realloc_impl(void *p, size_t size) {
   if (p == NULL) return hm_alloc_inline(size);
   if (size == 0) {
     hm_free_inline(p, "realloc");

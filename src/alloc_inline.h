@@ -12,7 +12,7 @@
 #include "internal.h"
 #include "vg.h"
 
-void *hmi_alloc_small_slow(unsigned cls);
+void *hmi_alloc_small_slow(unsigned cls, size_t size);
 void *hmi_alloc_big(size_t size);
 void hmi_free_slow(void *p, hm_pmentry_t e, const char *caller);
 void hmi_free_marked(void *p, unsigned cls);
@@ -30,7 +30,7 @@ static inline __attribute__((always_inline)) void *hm_alloc_raw(size_t size) {
       tc->stats.malloc_count++;
       return p;
     }
-    return hmi_alloc_small_slow(cls);
+    return hmi_alloc_small_slow(cls, size);
   }
   return hmi_alloc_big(size);
 }

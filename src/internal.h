@@ -164,6 +164,13 @@ extern size_t hmi_large_count, hmi_large_bytes;      /* under hmi_large_lock */
 extern size_t hmi_large_max_count, hmi_large_max_bytes; /* peaks, under hmi_large_lock */
 int hmi_large_check(void);
 
+/* ---- hooks.c ---- */
+extern int hmi_hooks_on; /* nonzero while a hook is set; read by slow paths only */
+void hmi_hook_alloc(void *p, size_t requested);
+void hmi_hook_free(void *p, size_t usable);
+void *hmi_hooked_realloc(void *(*impl)(void *, size_t), void *p, size_t size);
+void hmi_tcache_sync_hooks(void);
+
 /* ---- alloc.c ---- */
 void *hmi_alloc(size_t size);
 void hmi_free(void *p, const char *caller);

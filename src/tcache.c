@@ -28,6 +28,7 @@ static uint32_t class_batch[HM_CLASSES]; /* objects moved per refill */
 static uint32_t class_limit[HM_CLASSES]; /* objects a list may hold */
 
 static void thread_exit(void *arg);
+static void flush(hm_tcache_t *tc, unsigned c, uint32_t n);
 
 /* Process set-up: batch sizes, limits for the configured cap, and the exit key. */
 void hmi_tcache_init_process(void) {
@@ -68,6 +69,7 @@ static void setup(hm_tcache_t *tc) {
   tc->list_key = hmi_list_key;
   tc->free_mark = hmi_free_mark;
   tc->bytes_cap = hmi_options.tcache_max;
+  tc->hooked = 0;
   tc->arena_index = hmi_arena_assign();
   tc->state = HM_TC_LIVE;
   hm_lock(&hmi_registry_lock);
@@ -79,6 +81,22 @@ static void setup(hm_tcache_t *tc) {
   /* Any non-NULL value makes the destructor run at thread exit.  pthread_setspecific does not
    * allocate for the first 32 keys, and ours is created at start-up. */
   pthread_setspecific(exit_key, tc);
+  hmi_tcache_sync_hooks();
+}
+
+/* Enter or leave hooked mode to match hm_set_hooks (see hooks.c). */
+void hmi_tcache_sync_hooks(void) {
+  hm_tcache_t *tc = &hmi_tcache;
+  bool want = __atomic_load_n(&hmi_hooks_on, __ATOMIC_ACQUIRE) != 0;
+  if (tc->state != HM_TC_LIVE || want == (tc->hooked != 0)) return;
+  for (unsigned c = 0; c < HM_CLASSES; c++) {
+    hm_bin_t *b = &tc->bins[c];
+    if (want) flush(tc, c, hm_bin_count(b));
+    uint32_t count = hm_bin_count(b); /* before the limit changes: count = limit - space */
+    b->limit = want ? 0 : class_limit[c];
+    b->space = (int32_t)b->limit - (int32_t)count;
+  }
+  tc->hooked = want;
 }
 
 /* Give `n` objects from the front of bin c back to the central lists. */
@@ -115,6 +133,7 @@ void *hmi_tcache_alloc_slow(unsigned cls) {
   hm_tcache_t *tc = &hmi_tcache;
   hmi_ensure_init();
   if (tc->state == HM_TC_NEW) setup(tc);
+  else if (HM_UNLIKELY(hmi_hooks_on != tc->hooked)) hmi_tcache_sync_hooks();
   hm_bin_t *b = &tc->bins[cls];
   if (b->head != NULL) { /* set-up just re-linked an object of this class */
     void *p = b->head;
@@ -139,11 +158,13 @@ void *hmi_tcache_alloc_slow(unsigned cls) {
 /* p has just been pushed on its bin, which is now over its limit (or not set up). */
 void hmi_tcache_free_slow(void *p, unsigned cls) {
   hm_tcache_t *tc = &hmi_tcache;
-  (void)p;
+  if (HM_UNLIKELY(hmi_hooks_on)) hmi_hook_free(p, hmi_class_size[cls]);
   if (tc->state == HM_TC_NEW) {
     hmi_ensure_init();
     setup(tc);
     if (tc->bins[cls].space >= 0) return;
+  } else if (HM_UNLIKELY(hmi_hooks_on != tc->hooked)) {
+    hmi_tcache_sync_hooks();
   }
   hm_bin_t *b = &tc->bins[cls];
   if (tc->state != HM_TC_LIVE || b->limit == 0) {
@@ -208,11 +229,8 @@ void hmi_tcache_sum(hm_tstats_t *out, size_t *cached) {
     out->realloc_count += __atomic_load_n(&tc->stats.realloc_count, __ATOMIC_RELAXED);
     out->refills += __atomic_load_n(&tc->stats.refills, __ATOMIC_RELAXED);
     out->flushes += __atomic_load_n(&tc->stats.flushes, __ATOMIC_RELAXED);
-    for (unsigned c = 0; c < HM_CLASSES; c++) {
-      int32_t space = __atomic_load_n(&tc->bins[c].space, __ATOMIC_RELAXED);
-      uint32_t limit = __atomic_load_n(&tc->bins[c].limit, __ATOMIC_RELAXED);
-      bytes += (size_t)(uint32_t)((int32_t)limit - space) * hmi_class_size[c];
-    }
+    for (unsigned c = 0; c < HM_CLASSES; c++)
+      bytes += (size_t)hm_bin_count_racy(&tc->bins[c]) * hmi_class_size[c];
   }
   hm_unlock(&hmi_registry_lock);
   if (cached) *cached = bytes;

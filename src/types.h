@@ -82,6 +82,13 @@ typedef struct hm_bin_s {
 static inline uint32_t hm_bin_count(const hm_bin_t *b) {
   return (uint32_t)((int32_t)b->limit - b->space);
 }
+/* The same, read from another thread (stats): each word is read once, atomically. */
+static inline uint32_t hm_bin_count_racy(const hm_bin_t *b) {
+  int32_t space = __atomic_load_n(&b->space, __ATOMIC_RELAXED);
+  uint32_t limit = __atomic_load_n(&b->limit, __ATOMIC_RELAXED);
+  int32_t n = (int32_t)limit - space;
+  return n > 0 ? (uint32_t)n : 0;
+}
 
 /* Per-thread counters, summed on read; written only by their thread. */
 typedef struct hm_tstats_s {
@@ -98,6 +105,8 @@ typedef struct hm_tcache_s {
   hm_bin_t bins[HM_CLASSES];
   hm_tstats_t stats;
   uint8_t state;                 /* HM_TC_NEW, HM_TC_LIVE, HM_TC_DEAD */
+  uint8_t hooked;                /* limits held at 0 so every call reaches the hooks */
+  uint8_t in_hook;               /* inside a hook (or realloc): report nothing */
   unsigned arena_index;          /* medium arena of this thread (hmi_arena_pick) */
   size_t bytes_cap;              /* HMALLOC_TCACHE_MAX at set-up */
   struct hm_tcache_s *next, *prev; /* registry of live caches (for stats), under registry lock */
