@@ -21,7 +21,8 @@ void hmi_corrupt_list(void *at) {
 }
 
 void *hmi_alloc_small_slow(unsigned cls, size_t size) {
-  void *p = hmi_tcache_alloc_slow(cls);
+  void *p = HM_UNLIKELY(hmi_check_mode) ? hmi_check_alloc(size, HM_ALIGN)
+                                        : hmi_tcache_alloc_slow(cls);
   if (HM_UNLIKELY(p == NULL)) {
     errno = ENOMEM;
     return NULL;
@@ -35,7 +36,8 @@ void *hmi_alloc_big(size_t size) {
   hmi_ensure_init();
   void *p = NULL;
   if (HM_UNLIKELY(size > PTRDIFF_MAX)) goto fail;
-  if (size >= hmi_options.mmap_threshold) p = hmi_large_alloc(size, HM_ALIGN);
+  if (HM_UNLIKELY(hmi_check_mode)) p = hmi_check_alloc(size, HM_ALIGN);
+  else if (size >= hmi_options.mmap_threshold) p = hmi_large_alloc(size, HM_ALIGN);
   else p = hmi_arena_alloc(hmi_arena_pick(), size, HM_ALIGN);
   if (p == NULL) goto fail;
   hmi_tcache.stats.malloc_count++;
@@ -49,6 +51,13 @@ fail:
 void hmi_free_slow(void *p, hm_pmentry_t e, const char *caller) {
   if (e & HM_PM_SMALL) hmi_invalid_pointer(caller, p); /* inside a span, not an object start */
   int saved = errno; /* munmap, madvise and brk may set it; free must not */
+  if (HM_UNLIKELY(hmi_check_mode)) {
+    if (!hmi_check_valid(p, e)) hmi_invalid_pointer(caller, p);
+    if (HM_UNLIKELY(hmi_hooks_on)) hmi_hook_free(p, hmi_check_usable(p, e, caller));
+    hmi_check_free(p, e, caller);
+    errno = saved;
+    return;
+  }
   if (HM_UNLIKELY(hmi_hooks_on) && (e & (HM_PM_MEDIUM | HM_PM_LARGE)))
     hmi_hook_free(p, hmi_usable(p, caller));
   if (e & HM_PM_MEDIUM) {
@@ -69,6 +78,10 @@ void hmi_free_slow(void *p, hm_pmentry_t e, const char *caller) {
 /* Usable size of a block known to be valid; aborts on a pointer hmalloc did not hand out. */
 size_t hmi_usable(void *p, const char *caller) {
   hm_pmentry_t e = hmi_pagemap_get((uintptr_t)p);
+  if (HM_UNLIKELY(hmi_check_mode)) {
+    if (!hmi_check_valid(p, e)) hmi_invalid_pointer(caller, p);
+    return hmi_check_usable(p, e, caller);
+  }
   if (e & HM_PM_SMALL) {
     const hm_span_t *s = HM_PM_PTR(e);
     unsigned cls = HM_PM_CLASS(e);
@@ -100,6 +113,12 @@ static void *alloc_aligned(size_t alignment, size_t size) {
     return NULL;
   }
   void *p;
+  if (HM_UNLIKELY(hmi_check_mode)) {
+    p = hmi_check_alloc(size, alignment);
+    if (p == NULL) errno = ENOMEM;
+    else if (HM_UNLIKELY(hmi_hooks_on)) hmi_hook_alloc(p, size);
+    return p;
+  }
   if (size <= HM_SMALL_MAX && alignment <= HM_PAGE) {
     /* Spans start on a page and objects sit at multiples of the class size, so a class whose
      * size is a multiple of the alignment gives aligned objects. */
@@ -136,6 +155,7 @@ HM_API void *hm_calloc(size_t count, size_t size) {
   }
   void *p = hm_alloc_inline(total);
   if (p == NULL) return NULL;
+  if (HM_UNLIKELY(hmi_check_mode)) return memset(p, 0, total);
   hm_pmentry_t e = hmi_pagemap_get((uintptr_t)p);
   /* A fresh large mapping is already zero; everything else may be reused memory. */
   if ((e & 7) == HM_PM_LARGE) return p;
@@ -174,6 +194,7 @@ static void *realloc_impl(void *p, size_t size) {
   }
   hm_pmentry_t e = hmi_pagemap_get((uintptr_t)p);
   size_t usable = hmi_usable(p, "realloc");
+  if (HM_UNLIKELY(hmi_check_mode)) return realloc_move(p, usable, size);
   if (e & HM_PM_SMALL) {
     /* Same class: nothing to do.  Another class: move (a shrink then frees memory). */
     if (size <= HM_SMALL_MAX && hmi_size_class(size) == HM_PM_CLASS(e)) {

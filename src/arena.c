@@ -287,7 +287,6 @@ static bool grow(hm_arena_t *a, size_t need) {
     if (!ok) a->brk_failed = 1; /* from now on: mmap'ed segments */
   }
   if (!ok) ok = grow_mmap(a, need);
-  if (ok) hmi_stats_note_mapped();
   return ok;
 }
 
@@ -364,11 +363,13 @@ void *hmi_arena_alloc(hm_arena_t *a, size_t size, size_t align) {
   size_t want = align > HM_ALIGN ? need + align + HM_CHUNK_MIN : need;
   hm_lock(&a->lock);
   hm_chunk_t *c = search(a, want);
+  bool grew = false;
   if (c == NULL) {
     if (!grow(a, want) || (c = search(a, want)) == NULL) {
       hm_unlock(&a->lock);
       return NULL;
     }
+    grew = true;
   }
   bin_remove(a, c);
   if (a->spare != NULL && (uintptr_t)c == a->spare->start) a->spare = NULL;
@@ -391,6 +392,7 @@ void *hmi_arena_alloc(hm_arena_t *a, size_t size, size_t align) {
   split_tail(a, c, need);
   a->in_use += csize(c);
   a->in_use_chunks++;
+  if (grew) hmi_stats_note_mapped(); /* peaks move only when the OS gives memory; no lock */
   hm_assert(((uintptr_t)c + HM_CHUNK_HEADER) % (align > HM_ALIGN ? align : HM_ALIGN) == 0);
   hm_assert(csize(c) >= need && cinuse(c) && cprev_inuse(cnext(c)));
   debug_walk(a);

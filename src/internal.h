@@ -138,6 +138,7 @@ uint32_t hmi_span_take(unsigned cls, uint32_t want, void **head);
 void hmi_span_give(unsigned cls, void *head, uint32_t n);
 int hmi_span_check(void);
 void hmi_span_release_empty(void);
+extern size_t hmi_span_chunk_bytes; /* atomic */
 bool hmi_span_holds_free(void *p, unsigned cls);
 void *hmi_meta_alloc(size_t size);   /* metadata pool: 64-byte aligned, zeroed */
 void hmi_meta_free(void *p, size_t size);
@@ -151,10 +152,12 @@ void *hmi_tcache_alloc_slow(unsigned cls);
 void hmi_tcache_free_slow(void *p, unsigned cls);
 void hmi_tcache_init_process(void);
 void hmi_tcache_sum(hm_tstats_t *out, size_t *cached_bytes);
+void hmi_tcache_class_counts(size_t counts[HM_CLASSES]);
 extern hm_lock_t hmi_registry_lock;
 
 /* ---- large.c ---- */
 void *hmi_large_alloc(size_t size, size_t align);
+void *hmi_large_alloc_guarded(size_t size, size_t align); /* + a PROT_NONE page after */
 void hmi_large_free(hm_large_t *h);
 void *hmi_large_realloc(hm_large_t *h, size_t size); /* NULL: caller must move */
 size_t hmi_large_usable(hm_large_t *h);
@@ -162,7 +165,15 @@ hm_large_t *hmi_large_of(void *p, hm_pmentry_t e);   /* validated header or NULL
 extern hm_lock_t hmi_large_lock;
 extern size_t hmi_large_count, hmi_large_bytes;      /* under hmi_large_lock */
 extern size_t hmi_large_max_count, hmi_large_max_bytes; /* peaks, under hmi_large_lock */
+extern size_t hmi_large_usable_bytes;                 /* under hmi_large_lock */
 int hmi_large_check(void);
+
+/* ---- check_mode.c ---- */
+extern int hmi_check_mode; /* HMALLOC_CHECK=1, fixed at init */
+void *hmi_check_alloc(size_t size, size_t align);
+void hmi_check_free(void *p, hm_pmentry_t e, const char *caller);
+size_t hmi_check_usable(void *p, hm_pmentry_t e, const char *caller);
+bool hmi_check_valid(void *p, hm_pmentry_t e);
 
 /* ---- hooks.c ---- */
 extern int hmi_hooks_on; /* nonzero while a hook is set; read by slow paths only */

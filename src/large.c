@@ -7,11 +7,14 @@
  * address inside the block finds no entry and is refused.  The header's check word ties it to
  * its own address and size, so user data cannot pass for a header.
  * Counters are under hmi_large_lock, which is never held across a system call. */
+#include <sys/mman.h>
+
 #include "internal.h"
 
 hm_lock_t hmi_large_lock = HM_LOCK_INIT;
 size_t hmi_large_count, hmi_large_bytes;
 size_t hmi_large_max_count, hmi_large_max_bytes;
+size_t hmi_large_usable_bytes; /* sum of hmi_large_usable over live blocks (stats) */
 
 static inline uintptr_t large_check(const hm_large_t *h) {
   return (uintptr_t)h ^ h->map_size ^ hmi_secret;
@@ -27,6 +30,7 @@ static void link_live(hm_large_t *h) {
   live = h;
   hmi_large_count++;
   hmi_large_bytes += h->map_size;
+  hmi_large_usable_bytes += hmi_large_usable(h);
   if (hmi_large_count > hmi_large_max_count) hmi_large_max_count = hmi_large_count;
   if (hmi_large_bytes > hmi_large_max_bytes) hmi_large_max_bytes = hmi_large_bytes;
   hm_unlock(&hmi_large_lock);
@@ -39,6 +43,7 @@ static void unlink_live(hm_large_t *h) {
   if (h->next) h->next->prev = h->prev;
   hmi_large_count--;
   hmi_large_bytes -= h->map_size;
+  hmi_large_usable_bytes -= hmi_large_usable(h);
   hm_unlock(&hmi_large_lock);
 }
 
@@ -47,18 +52,22 @@ static bool publish(hm_large_t *h) {
   return hmi_pagemap_set(hm_page_floor(user), 1, (uintptr_t)h | HM_PM_LARGE);
 }
 
-void *hmi_large_alloc(size_t size, size_t align) {
+/* guard: one more page after the block, made inaccessible (HMALLOC_CHECK). */
+static void *large_alloc(size_t size, size_t align, bool guard) {
   if (align < HM_LARGE_HEADER) align = HM_LARGE_HEADER;
   if (size > PTRDIFF_MAX - HM_LARGE_HEADER - align - HM_PAGE) return NULL;
   size_t extra = align > HM_LARGE_HEADER ? align : 0;
-  size_t map_size = hm_align_up(size + HM_LARGE_HEADER + extra, HM_PAGE);
+  size_t map_size = hm_align_up(size + HM_LARGE_HEADER + extra, HM_PAGE) + (guard ? HM_PAGE : 0);
   uintptr_t map = (uintptr_t)hmi_os_mmap(map_size);
   if (map == 0) return NULL;
   uintptr_t user = hm_align_up(map + HM_LARGE_HEADER, align);
+  if (guard && !extra) /* end the block on the guard page: overruns fault at once */
+    user = (map + map_size - HM_PAGE - size) & ~(uintptr_t)(align - 1);
+  if (guard && extra) user = hm_align_up(map + HM_LARGE_HEADER, align);
   hm_large_t *h = (hm_large_t *)(user - HM_LARGE_HEADER);
   if (extra) { /* give back the head and tail that alignment did not need */
     uintptr_t keep_start = hm_page_floor((uintptr_t)h);
-    uintptr_t keep_end = hm_align_up(user + size, HM_PAGE);
+    uintptr_t keep_end = hm_align_up(user + size, HM_PAGE) + (guard ? HM_PAGE : 0);
     if (keep_start > map) hmi_os_munmap((void *)map, keep_start - map);
     if (map + map_size > keep_end) hmi_os_munmap((void *)keep_end, map + map_size - keep_end);
     map = keep_start;
@@ -66,7 +75,9 @@ void *hmi_large_alloc(size_t size, size_t align) {
   }
   h->map = map;
   h->map_size = map_size;
+  h->guard = guard ? HM_PAGE : 0;
   h->check = large_check(h);
+  if (guard) mprotect((void *)(map + map_size - HM_PAGE), HM_PAGE, PROT_NONE);
   if (!publish(h)) {
     hmi_os_munmap((void *)map, map_size);
     return NULL;
@@ -75,6 +86,9 @@ void *hmi_large_alloc(size_t size, size_t align) {
   hmi_stats_note_mapped();
   return (void *)user;
 }
+
+void *hmi_large_alloc(size_t size, size_t align) { return large_alloc(size, align, false); }
+void *hmi_large_alloc_guarded(size_t size, size_t align) { return large_alloc(size, align, true); }
 
 hm_large_t *hmi_large_of(void *p, hm_pmentry_t e) {
   hm_large_t *h = HM_PM_PTR(e);
@@ -93,14 +107,15 @@ void hmi_large_free(hm_large_t *h) {
 }
 
 size_t hmi_large_usable(hm_large_t *h) {
-  return h->map + h->map_size - ((uintptr_t)h + HM_LARGE_HEADER);
+  return h->map + h->map_size - h->guard - ((uintptr_t)h + HM_LARGE_HEADER);
 }
 
 /* Resize with mremap: no copy, the kernel moves page tables.  Only for blocks whose header is
  * at the start of their mapping (not over-aligned: mremap may move it to any page).
  * Returns the new user pointer, or NULL when the caller must allocate, copy and free. */
 void *hmi_large_realloc(hm_large_t *h, size_t size) {
-  if (h->map != (uintptr_t)h || size > PTRDIFF_MAX - HM_LARGE_HEADER - HM_PAGE) return NULL;
+  if (h->map != (uintptr_t)h || h->guard || size > PTRDIFF_MAX - HM_LARGE_HEADER - HM_PAGE)
+    return NULL;
   size_t old_size = h->map_size;
   size_t new_size = hm_align_up(size + HM_LARGE_HEADER, HM_PAGE);
   if (new_size == old_size) return (void *)((uintptr_t)h + HM_LARGE_HEADER);
@@ -111,6 +126,7 @@ void *hmi_large_realloc(hm_large_t *h, size_t size) {
   hm_large_t *nh = q;
   nh->map = (uintptr_t)nh;
   nh->map_size = new_size;
+  nh->guard = 0;
   nh->check = large_check(nh);
   if (nh != h) {
     hmi_pagemap_set(old_user_page, 1, 0);

@@ -78,6 +78,11 @@ void hmi_options_load(void) {
   size_t arenas = hmi_options.arenas;
   size_option("HMALLOC_ARENAS", &arenas, 1, HM_MAX_ARENAS, "a number from 1 to 64");
   hmi_options.arenas = (unsigned)arenas;
+  const char *check = getenv("HMALLOC_CHECK");
+  if (check != NULL) {
+    if (strcmp(check, "1") == 0) hmi_check_mode = 1;
+    else if (strcmp(check, "0") != 0) warn_bad("HMALLOC_CHECK", check, "0 or 1", "0");
+  }
   const char *fit = getenv("HMALLOC_FIT");
   if (fit != NULL) {
     if (strcmp(fit, "best") == 0) hmi_options.fit = HM_FIT_BEST;

@@ -17,6 +17,7 @@
 #include "internal.h"
 
 hm_central_t hmi_central[HM_CLASSES];
+size_t hmi_span_chunk_bytes; /* bytes of all span chunks, headers included (stats) */
 
 /* ---- metadata pool ---------------------------------------------------------------------
  * Descriptors are 128 bytes; blocks of 64 KiB are mmap'ed and carved.  Freed descriptors go
@@ -90,6 +91,8 @@ static hm_span_t *span_make(unsigned cls) {
   hm_arena_t *a = hmi_arena_pick();
   void *mem = hmi_arena_alloc(a, HM_SPAN_SIZE - HM_CHUNK_HEADER, HM_PAGE);
   if (mem == NULL) { hmi_meta_free(s, sizeof *s); return NULL; }
+  __atomic_fetch_add(&hmi_span_chunk_bytes, hmi_arena_usable(mem) + HM_CHUNK_HEADER,
+                     __ATOMIC_RELAXED);
   hm_pmentry_t seg_entry = hmi_pagemap_get((uintptr_t)mem);
   s->segment = HM_PM_PTR(seg_entry);
   s->start = (uintptr_t)mem;
@@ -98,7 +101,9 @@ static hm_span_t *span_make(unsigned cls) {
   s->minv = hmi_class_minv[cls];
   s->shift = hmi_class_shift[cls];
   /* The pages were mapped (their leaf exists) as the segment's: this cannot fail. */
-  hmi_pagemap_set(s->start, HM_SPAN_PAGES, (uintptr_t)s | ((uintptr_t)cls << 1) | HM_PM_SMALL);
+  hmi_pagemap_set(s->start, HM_SPAN_PAGES,
+                  hmi_check_mode ? (uintptr_t)s | HM_PM_CHECKED
+                                 : (uintptr_t)s | ((uintptr_t)cls << 1) | HM_PM_SMALL);
   hm_central_t *c = &hmi_central[cls];
   c->span_count++;
   c->free_slots += s->capacity;
@@ -113,6 +118,8 @@ static void span_release(hm_central_t *c, hm_span_t *s) {
   c->span_count--;
   c->free_slots -= s->capacity;
   c->spans_released++;
+  __atomic_fetch_sub(&hmi_span_chunk_bytes, hmi_arena_usable((void *)s->start) + HM_CHUNK_HEADER,
+                     __ATOMIC_RELAXED);
   hmi_arena_free((void *)s->start, seg);
   hmi_meta_free(s, sizeof *s);
 }
@@ -250,7 +257,8 @@ int hmi_span_check(void) {
         }
       }
       hm_pmentry_t e = hmi_pagemap_get(s->start);
-      if (s->cls != cls || HM_PM_PTR(e) != s || !(e & HM_PM_SMALL) ||
+      if (s->cls != cls || HM_PM_PTR(e) != s ||
+          !((e & HM_PM_SMALL) || (e & 127) == HM_PM_CHECKED) ||
           s->used + free_count + (s->capacity - s->bump) != s->capacity) {
         hm_unlock(&c->lock);
         hmi_dprintf(2, "hmalloc: heap check: span %p of class %u inconsistent\n",

@@ -1,21 +1,34 @@
-/* stats.c - counters and reports: hm_stats_get, hm_stats_print, mallinfo2, mallinfo,
- * malloc_stats.
+/* stats.c - counters and reports: hm_stats_get, hm_stats_reset_peaks, hm_stats_print,
+ * mallinfo2, mallinfo, malloc_stats, and the HMALLOC_STATS* variables.  The JSON report and
+ * malloc_info are in stats_report.c, the background sampler in stats_sampler.c.
  *
  * Fast-path counters are per thread (hm_tcache_t.stats) and summed on read; a thread that
  * exits adds its counters to hmi_global_stats.  Tier counters live with the tier, under its
- * lock.  `allocated` is computed, not counted: small = objects out of spans minus objects in
- * thread caches, times their class size; medium = in-use chunk bytes minus headers and spans;
- * large = usable bytes of live mappings.  Reading takes each lock briefly, one at a time. */
+ * lock.  `allocated` is computed, not counted, so it costs the fast paths nothing:
+ *   small  = per class, (objects out of the spans - objects in thread caches) * class size;
+ *            objects out of a class's spans = spans * capacity - free slots
+ *   medium = bytes of in-use chunks - their headers - the chunks that are spans
+ *   large  = usable bytes of the live mappings
+ * so after malloc(n) it has grown by exactly malloc_usable_size(p), and a free takes it back.
+ * Reading takes each lock briefly, one at a time: with other threads running the figures of
+ * different tiers are from slightly different moments; once they are quiet the sums are exact.
+ *
+ * Peaks: peak_mapped and peak_allocated are raised whenever a snapshot is taken (every
+ * hm_stats_get, report, sample) and whenever memory is taken from the OS
+ * (hmi_stats_note_mapped, called by the tiers): there no lock may be taken (the caller holds
+ * an arena or central lock), so `allocated` is computed from racy reads of the same counters. */
 #include <fcntl.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
-#include "hmalloc.h"
-#include "internal.h"
+#include "stats_internal.h"
 
 uint64_t hmi_global_stats[5]; /* malloc, free, realloc, refills, flushes of dead threads */
 static size_t peak_mapped, peak_allocated;
+static size_t last_cached_bytes; /* thread-cache bytes at the last reading */
 
 void hmi_stats_fold(const hm_tstats_t *t) {
   __atomic_fetch_add(&hmi_global_stats[0], t->malloc_count, __ATOMIC_RELAXED);
@@ -25,139 +38,484 @@ void hmi_stats_fold(const hm_tstats_t *t) {
   __atomic_fetch_add(&hmi_global_stats[4], t->flushes, __ATOMIC_RELAXED);
 }
 
-typedef struct tiers_s {
-  size_t arena_mapped, arena_free, arena_free_chunks, arena_in_use, arena_chunks;
-  uint64_t splits, coalesces, brk_grows, brk_trims, searches;
-  size_t span_bytes, span_free_bytes, small_out_bytes;
-  size_t large_count, large_bytes, large_usable;
-  size_t cached;
-  hm_tstats_t threads;
-} tiers_t;
+/* ---- optional exact figures from the tiers ----
+ * When the tiers provide these (see the report to the lead), the readings use them; until
+ * then they are derived as well as possible.  Weak and hidden: absent means address 0. */
+#define HM_WEAK __attribute__((weak, visibility("hidden")))
+/* large.c: usable bytes of the live large blocks, under hmi_large_lock (over-aligned blocks
+ * do not start their mapping, so map_size - header overstates them). */
+extern size_t hmi_large_usable_bytes HM_WEAK;
+/* span.c: bytes of the medium chunks that hold spans (a span's chunk may be 16 or 32 bytes
+ * bigger than HM_SPAN_SIZE when the rest was too small to split off). */
+extern size_t hmi_span_chunk_bytes HM_WEAK;
+/* tcache.c: objects per class in the live thread caches, under hmi_registry_lock. */
+void hmi_tcache_class_counts(size_t counts[HM_CLASSES]) HM_WEAK;
 
-static void collect(tiers_t *t) {
-  memset(t, 0, sizeof *t);
-  for (unsigned i = 0; i < hmi_arena_count; i++) {
-    hm_arena_t *a = hmi_arenas[i];
-    hm_lock(&a->lock);
-    t->arena_mapped += a->mapped;
-    t->arena_free += a->free_bytes;
-    t->arena_free_chunks += a->free_chunks;
-    t->arena_in_use += a->in_use;
-    t->arena_chunks += a->in_use_chunks;
-    t->splits += a->splits;
-    t->coalesces += a->coalesces;
-    t->brk_grows += a->brk_grows;
-    t->brk_trims += a->brk_trims;
-    t->searches += a->searches;
-    hm_unlock(&a->lock);
-  }
-  t->span_free_bytes = hmi_span_free_bytes(&t->span_bytes);
-  hm_lock(&hmi_large_lock);
-  t->large_count = hmi_large_count;
-  t->large_bytes = hmi_large_bytes;
-  hm_unlock(&hmi_large_lock);
-  t->large_usable = t->large_bytes - t->large_count * HM_LARGE_HEADER;
-  hmi_tcache_sum(&t->threads, &t->cached);
-  size_t spans = t->span_bytes / HM_SPAN_SIZE;
-  size_t span_usable = spans * (HM_SPAN_SIZE - HM_CHUNK_HEADER);
-  t->small_out_bytes = span_usable - t->span_free_bytes;
+static inline uint32_t class_capacity(unsigned c) {
+  return (uint32_t)((HM_SPAN_SIZE - HM_CHUNK_HEADER) / hmi_class_size[c]);
 }
 
-/* Objects of a span never handed out because they do not fit: counted per class. */
-static size_t span_tail_slack(void) {
-  size_t slack = 0;
-  for (unsigned c = 0; c < HM_CLASSES; c++) {
-    size_t cap = (HM_SPAN_SIZE - HM_CHUNK_HEADER) / hmi_class_size[c];
-    size_t tail = HM_SPAN_SIZE - HM_CHUNK_HEADER - cap * hmi_class_size[c];
-    slack += tail * __atomic_load_n(&hmi_central[c].span_count, __ATOMIC_RELAXED);
+static void raise_peak(size_t *peak, size_t v) {
+  size_t old = __atomic_load_n(peak, __ATOMIC_RELAXED);
+  while (v > old &&
+         !__atomic_compare_exchange_n(peak, &old, v, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
   }
-  return slack;
+}
+
+/* Objects per class in thread caches.  Exact when tcache.c provides the sum; otherwise the
+ * registry is walked from the calling thread's own cache (a live cache is always on it). */
+static bool class_cached(size_t counts[HM_CLASSES]) {
+  memset(counts, 0, sizeof(size_t) * HM_CLASSES);
+  if (hmi_tcache_class_counts != NULL) {
+    hmi_tcache_class_counts(counts);
+    return true;
+  }
+  if (hmi_tcache.state != HM_TC_LIVE) return false;
+  hm_lock(&hmi_registry_lock);
+  hm_tcache_t *tc = &hmi_tcache;
+  if (tc->state == HM_TC_LIVE) {
+    while (tc->prev != NULL) tc = tc->prev;
+    for (; tc != NULL; tc = tc->next)
+      for (unsigned c = 0; c < HM_CLASSES; c++)
+        counts[c] += hm_bin_count_racy(&tc->bins[c]);
+  }
+  hm_unlock(&hmi_registry_lock);
+  return true;
+}
+
+static size_t arena_peaks[HM_MAX_ARENAS];
+
+void hmi_stats_snapshot(hms_snap_t *s) {
+  hmi_ensure_init();
+  memset(s, 0, sizeof *s);
+  /* thread caches first: objects move from caches to spans, so reading the caches before
+   * the spans can only make a moving object look in use for a moment, never free */
+  size_t counts[HM_CLASSES];
+  hmi_tcache_sum(&s->threads, &s->cached_bytes);
+  s->classes_exact = class_cached(counts);
+  s->threads.malloc_count += __atomic_load_n(&hmi_global_stats[0], __ATOMIC_RELAXED);
+  s->threads.free_count += __atomic_load_n(&hmi_global_stats[1], __ATOMIC_RELAXED);
+  s->threads.realloc_count += __atomic_load_n(&hmi_global_stats[2], __ATOMIC_RELAXED);
+  s->threads.refills += __atomic_load_n(&hmi_global_stats[3], __ATOMIC_RELAXED);
+  s->threads.flushes += __atomic_load_n(&hmi_global_stats[4], __ATOMIC_RELAXED);
+  if (s->classes_exact) {
+    size_t bytes = 0;
+    for (unsigned c = 0; c < HM_CLASSES; c++) bytes += counts[c] * hmi_class_size[c];
+    s->cached_bytes = bytes;
+  }
+
+  size_t out_bytes = 0;
+  for (unsigned c = 0; c < HM_CLASSES; c++) {
+    hm_central_t *cc = &hmi_central[c];
+    hms_class_t *k = &s->cls[c];
+    hm_lock(&cc->lock);
+    k->spans = cc->span_count;
+    k->free_slots = cc->free_slots;
+    k->made = cc->spans_made;
+    k->released = cc->spans_released;
+    hm_unlock(&cc->lock);
+    size_t slots = k->spans * class_capacity(c);
+    size_t out = slots > k->free_slots ? slots - k->free_slots : 0;
+    k->cached = s->classes_exact ? counts[c] : 0;
+    k->in_use = out > k->cached ? out - k->cached : 0;
+    out_bytes += out * hmi_class_size[c];
+    s->spans += k->spans;
+    s->small_free_objects += k->free_slots + k->cached;
+    s->small_free += (k->free_slots + k->cached) * hmi_class_size[c];
+  }
+  if (s->classes_exact) {
+    for (unsigned c = 0; c < HM_CLASSES; c++) s->small_in_use += s->cls[c].in_use * hmi_class_size[c];
+  } else {
+    s->small_in_use = out_bytes > s->cached_bytes ? out_bytes - s->cached_bytes : 0;
+    s->small_free += s->cached_bytes;
+  }
+  s->span_bytes = s->spans * HM_SPAN_SIZE;
+
+  s->arena_count = hmi_arena_count;
+  for (unsigned i = 0; i < s->arena_count; i++) {
+    hm_arena_t *a = hmi_arenas[i];
+    hms_arena_t *r = &s->arena[i];
+    r->top_free = i == 0 ? hmi_arena_top_free(a) : 0; /* takes the lock itself */
+    hm_lock(&a->lock);
+    r->mapped = a->mapped;
+    r->free_bytes = a->free_bytes;
+    r->free_chunks = a->free_chunks;
+    r->in_use = a->in_use;
+    r->in_use_chunks = a->in_use_chunks;
+    r->splits = a->splits;
+    r->coalesces = a->coalesces;
+    r->searches = a->searches;
+    r->brk_grows = a->brk_grows;
+    r->brk_trims = a->brk_trims;
+    r->seg_maps = a->seg_maps;
+    r->seg_unmaps = a->seg_unmaps;
+    r->brk_failed = a->brk_failed;
+    hm_unlock(&a->lock);
+    raise_peak(&arena_peaks[i], r->mapped);
+    r->peak_mapped = __atomic_load_n(&arena_peaks[i], __ATOMIC_RELAXED);
+    s->ar.mapped += r->mapped;
+    s->ar.free_bytes += r->free_bytes;
+    s->ar.free_chunks += r->free_chunks;
+    s->ar.in_use += r->in_use;
+    s->ar.in_use_chunks += r->in_use_chunks;
+    s->ar.top_free += r->top_free;
+    s->ar.splits += r->splits;
+    s->ar.coalesces += r->coalesces;
+    s->ar.searches += r->searches;
+    s->ar.brk_grows += r->brk_grows;
+    s->ar.brk_trims += r->brk_trims;
+    s->ar.seg_maps += r->seg_maps;
+    s->ar.seg_unmaps += r->seg_unmaps;
+    s->ar.peak_mapped += r->peak_mapped;
+  }
+  size_t span_chunks = s->spans * HM_SPAN_SIZE;
+  if (&hmi_span_chunk_bytes != NULL) span_chunks = __atomic_load_n(&hmi_span_chunk_bytes, __ATOMIC_RELAXED);
+  size_t overhead = s->ar.in_use_chunks * HM_CHUNK_HEADER + span_chunks - s->spans * HM_CHUNK_HEADER;
+  s->medium_in_use = s->ar.in_use > overhead ? s->ar.in_use - overhead : 0;
+
+  hm_lock(&hmi_large_lock);
+  s->large_count = hmi_large_count;
+  s->large_bytes = hmi_large_bytes;
+  s->large_max_count = hmi_large_max_count;
+  s->large_max_bytes = hmi_large_max_bytes;
+  s->large_usable = &hmi_large_usable_bytes != NULL
+                        ? hmi_large_usable_bytes
+                        : s->large_bytes - s->large_count * HM_LARGE_HEADER;
+  hm_unlock(&hmi_large_lock);
+
+  s->mmap_calls = __atomic_load_n(&hmi_os_mmap_calls, __ATOMIC_RELAXED);
+  s->munmap_calls = __atomic_load_n(&hmi_os_munmap_calls, __ATOMIC_RELAXED);
+  s->mremap_calls = __atomic_load_n(&hmi_os_mremap_calls, __ATOMIC_RELAXED);
+
+  hm_stats_t *o = &s->core;
+  o->allocated = s->small_in_use + s->medium_in_use + s->large_usable;
+  o->mapped = s->ar.mapped + s->large_bytes;
+  o->heap_free = s->ar.free_bytes;
+  o->cached = s->small_free;
+  o->large_count = s->large_count;
+  o->large_bytes = s->large_bytes;
+  o->malloc_count = s->threads.malloc_count;
+  o->free_count = s->threads.free_count;
+  o->realloc_count = s->threads.realloc_count;
+  o->mmap_count = s->mmap_calls;
+  o->munmap_count = s->munmap_calls;
+  o->brk_grow_count = s->ar.brk_grows;
+  o->brk_trim_count = s->ar.brk_trims;
+  o->splits = s->ar.splits;
+  o->coalesces = s->ar.coalesces;
+  __atomic_store_n(&last_cached_bytes, s->cached_bytes, __ATOMIC_RELAXED);
+  raise_peak(&peak_allocated, o->allocated);
+  raise_peak(&peak_mapped, o->mapped);
+  o->peak_allocated = __atomic_load_n(&peak_allocated, __ATOMIC_RELAXED);
+  o->peak_mapped = __atomic_load_n(&peak_mapped, __ATOMIC_RELAXED);
 }
 
 HM_API void hm_stats_get(hm_stats_t *out) {
-  hmi_ensure_init();
-  tiers_t t;
-  collect(&t);
-  memset(out, 0, sizeof *out);
-  size_t small = t.small_out_bytes - span_tail_slack() - t.cached;
-  size_t spans_chunk_usable = (t.span_bytes / HM_SPAN_SIZE) * (HM_SPAN_SIZE - HM_CHUNK_HEADER);
-  size_t medium = t.arena_in_use - t.arena_chunks * HM_CHUNK_HEADER - spans_chunk_usable;
-  out->allocated = small + medium + t.large_usable;
-  out->mapped = t.arena_mapped + t.large_bytes;
-  out->heap_free = t.arena_free;
-  out->cached = t.cached + t.span_free_bytes;
-  out->large_count = t.large_count;
-  out->large_bytes = t.large_bytes;
-  out->malloc_count = t.threads.malloc_count + hmi_global_stats[0];
-  out->free_count = t.threads.free_count + hmi_global_stats[1];
-  out->realloc_count = t.threads.realloc_count + hmi_global_stats[2];
-  out->mmap_count = __atomic_load_n(&hmi_os_mmap_calls, __ATOMIC_RELAXED);
-  out->munmap_count = __atomic_load_n(&hmi_os_munmap_calls, __ATOMIC_RELAXED);
-  out->brk_grow_count = t.brk_grows;
-  out->brk_trim_count = t.brk_trims;
-  out->splits = t.splits;
-  out->coalesces = t.coalesces;
-  if (out->allocated > peak_allocated) peak_allocated = out->allocated;
-  if (out->mapped > peak_mapped) peak_mapped = out->mapped;
-  out->peak_allocated = peak_allocated;
-  out->peak_mapped = peak_mapped;
+  hms_snap_t s;
+  hmi_stats_snapshot(&s);
+  *out = s.core;
 }
 
-/* Called when memory is taken from the OS: the peaks only move then (mapped), and sampling
- * allocated there keeps its peak close without a counter on the fast path. */
+/* The peaks start again from the current readings (and so do glibc's "max mmap" figures). */
+HM_API void hm_stats_reset_peaks(void) {
+  hms_snap_t s;
+  hmi_stats_snapshot(&s);
+  __atomic_store_n(&peak_allocated, s.core.allocated, __ATOMIC_RELAXED);
+  __atomic_store_n(&peak_mapped, s.core.mapped, __ATOMIC_RELAXED);
+  for (unsigned i = 0; i < s.arena_count; i++)
+    __atomic_store_n(&arena_peaks[i], s.arena[i].mapped, __ATOMIC_RELAXED);
+  hm_lock(&hmi_large_lock);
+  hmi_large_max_count = hmi_large_count;
+  hmi_large_max_bytes = hmi_large_bytes;
+  hm_unlock(&hmi_large_lock);
+}
+
+/* `allocated` from racy reads, without any lock: for hmi_stats_note_mapped, whose caller
+ * holds an arena lock (and maybe a central lock).  Each term is clamped so that a counter
+ * caught in the middle of an update cannot make the sum wrap. */
+static size_t allocated_racy(void) {
+  size_t cached = __atomic_load_n(&last_cached_bytes, __ATOMIC_RELAXED);
+  /* The registry lock comes first in the lock order: only try it, and walk the registry
+   * from this thread's own cache (a live cache is always on it). */
+  if (hmi_tcache.state == HM_TC_LIVE && hm_trylock(&hmi_registry_lock)) {
+    hm_tcache_t *tc = &hmi_tcache;
+    while (tc->prev != NULL) tc = tc->prev;
+    cached = 0;
+    for (; tc != NULL; tc = tc->next)
+      for (unsigned c = 0; c < HM_CLASSES; c++)
+        cached += (size_t)hm_bin_count_racy(&tc->bins[c]) * hmi_class_size[c];
+    hm_unlock(&hmi_registry_lock);
+    __atomic_store_n(&last_cached_bytes, cached, __ATOMIC_RELAXED);
+  }
+  size_t small = 0, spans = 0;
+  for (unsigned c = 0; c < HM_CLASSES; c++) {
+    size_t n = __atomic_load_n(&hmi_central[c].span_count, __ATOMIC_RELAXED);
+    size_t f = __atomic_load_n(&hmi_central[c].free_slots, __ATOMIC_RELAXED);
+    size_t slots = n * class_capacity(c);
+    if (slots > f) small += (slots - f) * hmi_class_size[c];
+    spans += n;
+  }
+  small = small > cached ? small - cached : 0;
+  size_t in_use = 0, chunks = 0;
+  for (unsigned i = 0; i < hmi_arena_count; i++) {
+    in_use += __atomic_load_n(&hmi_arenas[i]->in_use, __ATOMIC_RELAXED);
+    chunks += __atomic_load_n(&hmi_arenas[i]->in_use_chunks, __ATOMIC_RELAXED);
+  }
+  size_t span_chunks = spans * HM_SPAN_SIZE;
+  if (&hmi_span_chunk_bytes != NULL) span_chunks = __atomic_load_n(&hmi_span_chunk_bytes, __ATOMIC_RELAXED);
+  size_t overhead = chunks * HM_CHUNK_HEADER + span_chunks - spans * HM_CHUNK_HEADER;
+  size_t medium = in_use > overhead ? in_use - overhead : 0;
+  size_t lcount = __atomic_load_n(&hmi_large_count, __ATOMIC_RELAXED);
+  size_t lbytes = __atomic_load_n(&hmi_large_bytes, __ATOMIC_RELAXED);
+  size_t large = &hmi_large_usable_bytes != NULL
+                     ? __atomic_load_n(&hmi_large_usable_bytes, __ATOMIC_RELAXED)
+                     : (lbytes > lcount * HM_LARGE_HEADER ? lbytes - lcount * HM_LARGE_HEADER : 0);
+  return small + medium + large;
+}
+
+/* Called by the tiers when memory is taken from the OS (possibly under an arena or central
+ * lock): raise both peaks. */
 void hmi_stats_note_mapped(void) {
   size_t mapped = 0;
-  for (unsigned i = 0; i < hmi_arena_count; i++)
-    mapped += __atomic_load_n(&hmi_arenas[i]->mapped, __ATOMIC_RELAXED);
-  mapped += __atomic_load_n(&hmi_large_bytes, __ATOMIC_RELAXED);
-  size_t old = __atomic_load_n(&peak_mapped, __ATOMIC_RELAXED);
-  while (mapped > old &&
-         !__atomic_compare_exchange_n(&peak_mapped, &old, mapped, 1, __ATOMIC_RELAXED,
-                                      __ATOMIC_RELAXED)) {
+  for (unsigned i = 0; i < hmi_arena_count; i++) {
+    size_t m = __atomic_load_n(&hmi_arenas[i]->mapped, __ATOMIC_RELAXED);
+    raise_peak(&arena_peaks[i], m);
+    mapped += m;
   }
+  mapped += __atomic_load_n(&hmi_large_bytes, __ATOMIC_RELAXED);
+  raise_peak(&peak_mapped, mapped);
+  raise_peak(&peak_allocated, allocated_racy());
+}
+
+/* ---- small helpers shared by the reports ---- */
+bool hmi_stats_write_all(int fd, const char *buf, size_t n) {
+  while (n > 0) {
+    ssize_t w = write(fd, buf, n);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) return false;
+    buf += w;
+    n -= (size_t)w;
+  }
+  return true;
+}
+
+size_t hmi_stats_rss(void) {
+  int fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  char buf[128];
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n <= 0) return 0;
+  buf[n] = '\0';
+  const char *p = buf;
+  while (*p >= '0' && *p <= '9') p++; /* total program size */
+  while (*p == ' ') p++;
+  size_t pages = 0;
+  for (; *p >= '0' && *p <= '9'; p++) pages = pages * 10 + (size_t)(*p - '0');
+  long page = sysconf(_SC_PAGESIZE);
+  return pages * (size_t)(page > 0 ? page : 4096);
+}
+
+bool hmi_stats_path(const char *in, char *out, size_t len) {
+  hms_out_t o = {out, len, 0};
+  for (const char *p = in; *p; p++) {
+    if (p[0] == '%' && p[1] == 'p') {
+      HMS_PUT(&o, "%d", (int)getpid());
+      p++;
+    } else {
+      HMS_PUT(&o, "%c", *p);
+    }
+  }
+  return o.pos < len;
+}
+
+/* ---- the readable report: hm_stats_print ----
+ * hmi_fmt has no field widths: columns are padded here. */
+typedef struct line_s {
+  int fd;
+  char buf[2048];
+  hms_out_t o;
+} line_t;
+
+static void line_flush(line_t *l) {
+  size_t n = l->o.pos < l->o.len ? l->o.pos : l->o.len - 1;
+  hmi_stats_write_all(l->fd, l->buf, n);
+  l->o.pos = 0;
+}
+static void line_maybe_flush(line_t *l) {
+  if (l->o.pos + 256 > l->o.len) line_flush(l);
+}
+/* right-aligned number in `width` columns, preceded by one space */
+static void col_u(line_t *l, unsigned long long v, int width) {
+  char tmp[32];
+  int n = (int)hmi_fmt(tmp, sizeof tmp, "%llu", v);
+  HMS_PUT(&l->o, " ");
+  for (int i = n; i < width; i++) HMS_PUT(&l->o, " ");
+  HMS_PUT(&l->o, "%s", tmp);
+}
+/* left-aligned text in `width` columns */
+static void col_s(line_t *l, const char *s, int width) {
+  int n = (int)strlen(s);
+  HMS_PUT(&l->o, "%s", s);
+  for (int i = n; i < width; i++) HMS_PUT(&l->o, " ");
+}
+static void col_r(line_t *l, const char *s, int width) {
+  int n = (int)strlen(s);
+  HMS_PUT(&l->o, " ");
+  for (int i = n; i < width; i++) HMS_PUT(&l->o, " ");
+  HMS_PUT(&l->o, "%s", s);
+}
+static void kv(line_t *l, const char *name, unsigned long long v) {
+  HMS_PUT(&l->o, "  ");
+  col_s(l, name, 16);
+  col_u(l, v, 14);
+}
+
+static void print_snapshot(int fd, const hms_snap_t *s, size_t rss) {
+  line_t l;
+  l.fd = fd;
+  l.o.buf = l.buf;
+  l.o.len = sizeof l.buf;
+  l.o.pos = 0;
+  const hm_stats_t *c = &s->core;
+  HMS_PUT(&l.o, "hmalloc stats (pid %d, %s)\n", (int)getpid(), program_invocation_short_name);
+  kv(&l, "allocated", c->allocated);
+  HMS_PUT(&l.o, " bytes   peak");
+  col_u(&l, c->peak_allocated, 14);
+  HMS_PUT(&l.o, "\n");
+  kv(&l, "mapped", c->mapped);
+  HMS_PUT(&l.o, " bytes   peak");
+  col_u(&l, c->peak_mapped, 14);
+  HMS_PUT(&l.o, "\n");
+  kv(&l, "heap free", c->heap_free);
+  HMS_PUT(&l.o, " bytes\n");
+  kv(&l, "cached", c->cached);
+  HMS_PUT(&l.o, " bytes\n");
+  kv(&l, "large blocks", c->large_count);
+  HMS_PUT(&l.o, "         (%zu bytes mapped)\n", c->large_bytes);
+  if (rss != 0) {
+    kv(&l, "rss", rss);
+    HMS_PUT(&l.o, " bytes\n");
+  }
+  HMS_PUT(&l.o, "  calls            malloc %llu, free %llu, realloc %llu\n",
+          (unsigned long long)c->malloc_count, (unsigned long long)c->free_count,
+          (unsigned long long)c->realloc_count);
+  HMS_PUT(&l.o, "  os               mmap %llu, munmap %llu, mremap %llu, brk grow %llu, brk trim %llu\n",
+          (unsigned long long)s->mmap_calls, (unsigned long long)s->munmap_calls,
+          (unsigned long long)s->mremap_calls, (unsigned long long)c->brk_grow_count,
+          (unsigned long long)c->brk_trim_count);
+  HMS_PUT(&l.o, "  thread caches    refills %llu, flushes %llu\n",
+          (unsigned long long)s->threads.refills, (unsigned long long)s->threads.flushes);
+  line_flush(&l);
+
+  /* per tier */
+  HMS_PUT(&l.o, "\n");
+  col_s(&l, "tier", 8);
+  static const char *const th[] = {"in use", "free", "mapped", "mmap", "munmap",
+                                   "brk grow", "brk trim", "splits", "coalesces", "searches"};
+  static const int tw[] = {14, 14, 14, 8, 8, 8, 8, 10, 10, 10};
+  for (unsigned i = 0; i < 10; i++) col_r(&l, th[i], tw[i]);
+  HMS_PUT(&l.o, "\n");
+  unsigned long long rows[3][10] = {
+      {s->small_in_use, s->small_free, s->span_bytes, 0, 0, 0, 0, 0, 0, 0},
+      {s->medium_in_use, s->ar.free_bytes, s->ar.mapped, s->ar.seg_maps, s->ar.seg_unmaps,
+       s->ar.brk_grows, s->ar.brk_trims, s->ar.splits, s->ar.coalesces, s->ar.searches},
+      {s->large_usable, s->large_bytes - s->large_usable, s->large_bytes, 0, 0, 0, 0, 0, 0, 0},
+  };
+  static const char *const names[] = {"small", "medium", "large"};
+  for (unsigned t = 0; t < 3; t++) {
+    col_s(&l, names[t], 8);
+    for (unsigned i = 0; i < 10; i++) {
+      if (i >= 3 && (t != 1)) col_r(&l, "-", tw[i]);
+      else col_u(&l, rows[t][i], tw[i]);
+    }
+    HMS_PUT(&l.o, "\n");
+  }
+  HMS_PUT(&l.o, "  (small spans are carved from the medium heap: their bytes are part of medium's mapped)\n");
+  line_flush(&l);
+
+  /* per arena, when there is more than one */
+  if (s->arena_count > 1) {
+    HMS_PUT(&l.o, "\n");
+    col_s(&l, "arena", 8);
+    static const char *const ah[] = {"in use", "free", "mapped", "peak mapped", "segments"};
+    static const int aw[] = {14, 14, 14, 14, 10};
+    for (unsigned i = 0; i < 5; i++) col_r(&l, ah[i], aw[i]);
+    HMS_PUT(&l.o, "\n");
+    for (unsigned i = 0; i < s->arena_count; i++) {
+      const hms_arena_t *a = &s->arena[i];
+      char name[16];
+      hmi_fmt(name, sizeof name, "%u", i);
+      col_s(&l, name, 8);
+      col_u(&l, a->in_use, aw[0]);
+      col_u(&l, a->free_bytes, aw[1]);
+      col_u(&l, a->mapped, aw[2]);
+      col_u(&l, a->peak_mapped, aw[3]);
+      col_u(&l, a->seg_maps - a->seg_unmaps, aw[4]);
+      HMS_PUT(&l.o, "\n");
+      line_maybe_flush(&l);
+    }
+    line_flush(&l);
+  }
+
+  /* per size class, those that ever had a span */
+  HMS_PUT(&l.o, "\n");
+  col_s(&l, "class", 6);
+  static const char *const ch[] = {"size", "in use", "bytes", "cached", "free slots",
+                                   "spans", "made", "released"};
+  static const int cw[] = {6, 10, 12, 8, 10, 7, 8, 8};
+  for (unsigned i = 0; i < 8; i++) col_r(&l, ch[i], cw[i]);
+  HMS_PUT(&l.o, "\n");
+  unsigned shown = 0;
+  for (unsigned k = 0; k < HM_CLASSES; k++) {
+    const hms_class_t *x = &s->cls[k];
+    if (x->made == 0 && x->spans == 0) continue;
+    char name[16];
+    hmi_fmt(name, sizeof name, "%u", k);
+    col_s(&l, name, 6);
+    col_u(&l, hmi_class_size[k], cw[0]);
+    col_u(&l, x->in_use, cw[1]);
+    col_u(&l, (unsigned long long)x->in_use * hmi_class_size[k], cw[2]);
+    col_u(&l, x->cached, cw[3]);
+    col_u(&l, x->free_slots, cw[4]);
+    col_u(&l, x->spans, cw[5]);
+    col_u(&l, x->made, cw[6]);
+    col_u(&l, x->released, cw[7]);
+    HMS_PUT(&l.o, "\n");
+    line_maybe_flush(&l);
+    shown++;
+  }
+  if (shown == 0) HMS_PUT(&l.o, "  (no small objects yet)\n");
+  if (!s->classes_exact)
+    HMS_PUT(&l.o, "  (in use per class includes objects held in thread caches: %zu bytes in all)\n",
+            s->cached_bytes);
+  line_flush(&l);
 }
 
 HM_API void hm_stats_print(int fd) {
-  hm_stats_t s;
-  hm_stats_get(&s);
-  hmi_dprintf(fd,
-              "hmalloc stats\n"
-              "  allocated       %zu bytes (peak %zu)\n"
-              "  mapped          %zu bytes (peak %zu)\n"
-              "  heap free       %zu bytes\n"
-              "  cached          %zu bytes\n"
-              "  large blocks    %zu (%zu bytes mapped)\n",
-              s.allocated, s.peak_allocated, s.mapped, s.peak_mapped, s.heap_free, s.cached,
-              s.large_count, s.large_bytes);
-  hmi_dprintf(fd,
-              "  calls           malloc %llu, free %llu, realloc %llu\n"
-              "  os              mmap %llu, munmap %llu, brk grow %llu, brk trim %llu\n"
-              "  medium tier     splits %llu, coalesces %llu\n",
-              (unsigned long long)s.malloc_count, (unsigned long long)s.free_count,
-              (unsigned long long)s.realloc_count, (unsigned long long)s.mmap_count,
-              (unsigned long long)s.munmap_count, (unsigned long long)s.brk_grow_count,
-              (unsigned long long)s.brk_trim_count, (unsigned long long)s.splits,
-              (unsigned long long)s.coalesces);
+  hms_snap_t s;
+  hmi_stats_snapshot(&s);
+  print_snapshot(fd, &s, hmi_stats_rss());
 }
 
+/* ---- glibc's reports ---- */
 HM_API struct mallinfo2 hm_mallinfo2(void) {
-  hmi_ensure_init();
-  tiers_t t;
-  collect(&t);
-  hm_stats_t s;
-  hm_stats_get(&s);
+  hms_snap_t s;
+  hmi_stats_snapshot(&s);
   struct mallinfo2 mi;
   memset(&mi, 0, sizeof mi);
-  mi.arena = t.arena_mapped;               /* bytes of the heap (brk and segments) */
-  mi.ordblks = t.arena_free_chunks;        /* free chunks */
-  mi.smblks = 0;
-  mi.hblks = t.large_count;                /* mmap'ed blocks */
-  mi.hblkhd = t.large_bytes;
-  mi.usmblks = 0;
-  mi.fsmblks = t.cached + t.span_free_bytes; /* free small objects */
-  mi.uordblks = s.allocated - t.large_usable; /* in use in the heap */
-  mi.fordblks = t.arena_free + mi.fsmblks;   /* free in the heap */
-  mi.keepcost = hmi_arena_top_free(&hmi_main_arena); /* releasable top of the brk heap */
+  mi.arena = s.ar.mapped;              /* bytes of the heap: brk and mmap'ed segments */
+  mi.ordblks = s.ar.free_chunks;       /* free medium chunks */
+  mi.smblks = s.small_free_objects;    /* free small objects (thread caches, span slots) */
+  mi.hblks = s.large_count;            /* mmap'ed blocks */
+  mi.hblkhd = s.large_bytes;           /* bytes in mmap'ed blocks */
+  mi.usmblks = 0;                      /* always 0, as in glibc */
+  mi.fsmblks = s.small_free;           /* bytes in free small objects */
+  mi.fordblks = s.ar.free_bytes + s.small_free; /* free bytes inside the heap */
+  /* everything else in the heap is in use (headers and span tails included), so that
+   * arena == uordblks + fordblks as in glibc */
+  mi.uordblks = mi.arena > mi.fordblks ? mi.arena - mi.fordblks : 0;
+  mi.keepcost = s.arena[0].top_free;   /* releasable top of the brk heap */
   return mi;
 }
 
@@ -179,44 +537,193 @@ HM_API struct mallinfo hm_mallinfo(void) {
   return r;
 }
 
-/* glibc's malloc_stats layout, one block per arena, then totals. */
-HM_API void hm_malloc_stats(void) {
-  hmi_ensure_init();
-  hm_stats_t s;
-  hm_stats_get(&s);
-  size_t system = 0, in_use = 0;
-  for (unsigned i = 0; i < hmi_arena_count; i++) {
-    hm_arena_t *a = hmi_arenas[i];
-    hm_lock(&a->lock);
-    size_t mapped = a->mapped, used = a->in_use;
-    hm_unlock(&a->lock);
-    hmi_dprintf(2, "Arena %u:\nsystem bytes     = %10zu\nin use bytes     = %10zu\n", i, mapped,
-                used);
-    system += mapped;
-    in_use += used;
-  }
-  hmi_dprintf(2,
-              "Total (incl. mmap):\nsystem bytes     = %10zu\nin use bytes     = %10zu\n"
-              "max mmap regions = %10zu\nmax mmap bytes   = %10zu\n",
-              system + s.large_bytes, in_use + s.large_bytes, hmi_large_max_count,
-              hmi_large_max_bytes);
+/* "%10zu" by hand: hmi_fmt has no widths. */
+static void put10(hms_out_t *o, const char *label, size_t v) {
+  char tmp[32];
+  size_t n = hmi_fmt(tmp, sizeof tmp, "%zu", v);
+  HMS_PUT(o, "%s = ", label);
+  for (size_t i = n; i < 10; i++) HMS_PUT(o, " ");
+  HMS_PUT(o, "%s\n", tmp);
 }
 
-/* ---- report at exit: HMALLOC_STATS=1 ----
- * The report goes to a duplicate of stderr taken at start-up, because some programs close
- * fd 2 in their own exit handlers (coreutils do) before library destructors run. */
-static int report_fd = -1;
+/* glibc's malloc_stats layout: one block per arena, then the totals, on stderr. */
+HM_API void hm_malloc_stats(void) {
+  hms_snap_t s;
+  hmi_stats_snapshot(&s);
+  char buf[512];
+  size_t system = 0, in_use = 0;
+  for (unsigned i = 0; i < s.arena_count; i++) {
+    hms_out_t o = {buf, sizeof buf, 0};
+    /* in use: the arena's bytes not in free chunks; arena 0 also owns the small tier's
+     * free slots and caches, which glibc would count as free (fastbins, tcache) */
+    size_t used = s.arena[i].mapped - s.arena[i].free_bytes;
+    if (i == 0) used = used > s.small_free ? used - s.small_free : 0;
+    HMS_PUT(&o, "Arena %u:\n", i);
+    put10(&o, "system bytes    ", s.arena[i].mapped);
+    put10(&o, "in use bytes    ", used);
+    hmi_write(2, buf);
+    system += s.arena[i].mapped;
+    in_use += used;
+  }
+  hms_out_t o = {buf, sizeof buf, 0};
+  HMS_PUT(&o, "Total (incl. mmap):\n");
+  put10(&o, "system bytes    ", system + s.large_bytes);
+  put10(&o, "in use bytes    ", in_use + s.large_bytes);
+  put10(&o, "max mmap regions", s.large_max_count);
+  put10(&o, "max mmap bytes  ", s.large_max_bytes);
+  hmi_write(2, buf);
+}
 
+/* ---- HMALLOC_STATS, HMALLOC_STATS_INTERVAL, HMALLOC_STATS_FILE ----
+ * HMALLOC_STATS: a comma-separated list of
+ *   1 or text       the readable report on stderr at exit
+ *   text:PATH       the readable report written to PATH at exit
+ *   json:PATH       the JSON report written to PATH at exit
+ * ("0" or empty: nothing).  In PATH, %p is replaced by the process id.  The report to stderr
+ * goes to a duplicate of fd 2 taken at start-up, because some programs close fd 2 in their
+ * own exit handlers (coreutils do) before library destructors run.  Relative paths are made
+ * absolute at start-up, against the directory the program started in.
+ * HMALLOC_STATS_INTERVAL=MS with HMALLOC_STATS_FILE=PATH: every MS milliseconds a background
+ * thread appends one line of counters to PATH (stats_sampler.c); without a file, the lines
+ * go to stderr. */
+#define STATS_PATH_MAX 1024
+static int report_fd = -1;
+static char text_path[STATS_PATH_MAX], json_path[STATS_PATH_MAX], sample_path[STATS_PATH_MAX];
+static int sample_ms;
+
+static void warn_bad(const char *name, const char *value, const char *expect, const char *dflt) {
+  hmi_warn("hmalloc: warning: %s=%s is not valid (%s); using the default %s\n", name, value,
+           expect, dflt);
+}
+
+/* An absolute version of path (relative to the current directory) in out. */
+static bool absolute(const char *path, size_t n, char *out) {
+  size_t at = 0;
+  if (path[0] != '/') {
+    if (getcwd(out, STATS_PATH_MAX) == NULL) return false;
+    at = strlen(out);
+    if (at + 1 >= STATS_PATH_MAX) return false;
+    if (at == 0 || out[at - 1] != '/') out[at++] = '/';
+  }
+  if (n == 0 || at + n >= STATS_PATH_MAX) return false;
+  memcpy(out + at, path, n);
+  out[at + n] = '\0';
+  return true;
+}
+
+static bool parse_stats(const char *v, bool *text, char *tpath, char *jpath) {
+  *text = false;
+  tpath[0] = jpath[0] = '\0';
+  if (strcmp(v, "0") == 0 || v[0] == '\0') return true;
+  const char *p = v;
+  for (;;) {
+    const char *end = strchr(p, ',');
+    size_t n = end ? (size_t)(end - p) : strlen(p);
+    if ((n == 1 && p[0] == '1') || (n == 4 && memcmp(p, "text", 4) == 0)) {
+      *text = true;
+    } else if (n > 5 && memcmp(p, "text:", 5) == 0) {
+      if (!absolute(p + 5, n - 5, tpath)) return false;
+    } else if (n > 5 && memcmp(p, "json:", 5) == 0) {
+      if (!absolute(p + 5, n - 5, jpath)) return false;
+    } else {
+      return false;
+    }
+    if (end == NULL) return true;
+    p = end + 1;
+  }
+}
+
+static bool parse_ms(const char *v, int *out) {
+  if (v[0] < '0' || v[0] > '9') return false;
+  long n = 0;
+  for (; *v >= '0' && *v <= '9'; v++) {
+    n = n * 10 + (*v - '0');
+    if (n > 3600000) return false;
+  }
+  if (*v != '\0' || n < 1) return false;
+  *out = (int)n;
+  return true;
+}
+
+/* Called by hmi_init (under the init lock: nothing here allocates). */
 void hmi_stats_init(void) {
   const char *v = getenv("HMALLOC_STATS");
-  if (v == NULL || v[0] == '\0' || (v[0] == '0' && v[1] == '\0')) return;
-  if (v[0] == '1' && v[1] == '\0') {
-    report_fd = fcntl(2, F_DUPFD_CLOEXEC, 100);
-    return;
+  if (v != NULL) {
+    bool text;
+    if (!parse_stats(v, &text, text_path, json_path)) {
+      text_path[0] = json_path[0] = '\0';
+      warn_bad("HMALLOC_STATS", v, "0, 1, text, text:PATH, json:PATH, or a comma-separated list",
+               "0");
+    } else if (text) {
+      report_fd = fcntl(2, F_DUPFD_CLOEXEC, 100);
+    }
   }
-  hmi_warn("hmalloc: warning: HMALLOC_STATS=%s is not valid (0 or 1); using the default 0\n", v);
+  const char *iv = getenv("HMALLOC_STATS_INTERVAL");
+  if (iv != NULL && iv[0] != '\0' && strcmp(iv, "0") != 0) {
+    if (!parse_ms(iv, &sample_ms)) {
+      sample_ms = 0;
+      warn_bad("HMALLOC_STATS_INTERVAL", iv, "milliseconds from 1 to 3600000", "0 (no sampling)");
+    }
+  }
+  const char *fv = getenv("HMALLOC_STATS_FILE");
+  if (fv != NULL) {
+    if (fv[0] == '\0' || !absolute(fv, strlen(fv), sample_path)) {
+      sample_path[0] = '\0';
+      warn_bad("HMALLOC_STATS_FILE", fv, "a file path", "stderr");
+    } else if (sample_ms == 0 && iv == NULL) {
+      hmi_warn("hmalloc: warning: HMALLOC_STATS_FILE is set without HMALLOC_STATS_INTERVAL; "
+               "using the default 0 (no sampling)\n");
+    }
+  }
+}
+
+/* The sampler thread is started once init is complete, outside every allocator lock. */
+__attribute__((constructor)) static void stats_start(void) {
+  hmi_ensure_init();
+  if (sample_ms > 0) hmi_stats_sampler_start(sample_ms, sample_path[0] ? sample_path : NULL);
+}
+
+/* The JSON report into a private mapping (not the heap being measured), then to fd. */
+static void write_json(int fd, const hms_snap_t *s) {
+  size_t need = hmi_stats_json_snap(s, NULL, 0) + 1;
+  size_t size = hm_align_up(need, HM_PAGE);
+  char *buf = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (buf == MAP_FAILED) return;
+  size_t n = hmi_stats_json_snap(s, buf, size);
+  if (n < size) {
+    buf[n] = '\n';
+    hmi_stats_write_all(fd, buf, n + 1);
+  }
+  munmap(buf, size);
+}
+
+static int open_out(const char *pattern) {
+  char path[STATS_PATH_MAX];
+  if (!hmi_stats_path(pattern, path, sizeof path)) return -1;
+  int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) hmi_warn("hmalloc: warning: cannot write the statistics to %s\n", path);
+  return fd;
 }
 
 __attribute__((destructor)) static void stats_at_exit(void) {
-  if (report_fd >= 0) hm_stats_print(report_fd);
+  if (report_fd < 0 && text_path[0] == '\0' && json_path[0] == '\0' && sample_ms == 0) return;
+  hms_snap_t s;
+  hmi_stats_snapshot(&s);
+  size_t rss = hmi_stats_rss();
+  if (sample_ms > 0) hmi_stats_sampler_final();
+  if (report_fd >= 0) print_snapshot(report_fd, &s, rss);
+  if (text_path[0] != '\0') {
+    int fd = open_out(text_path);
+    if (fd >= 0) {
+      print_snapshot(fd, &s, rss);
+      close(fd);
+    }
+  }
+  if (json_path[0] != '\0') {
+    int fd = open_out(json_path);
+    if (fd >= 0) {
+      write_json(fd, &s);
+      close(fd);
+    }
+  }
 }

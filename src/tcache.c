@@ -41,7 +41,7 @@ void hmi_tcache_init_process(void) {
     size_t limit = cap / 4 / size;
     if (limit > 1024) limit = 1024;
     if (limit < batch) limit = batch;
-    if (cap == 0) limit = 0, batch = 1;
+    if (cap == 0 || hmi_check_mode) limit = 0, batch = 1; /* no caching */
     class_batch[c] = (uint32_t)batch;
     class_limit[c] = (uint32_t)limit;
   }
@@ -245,4 +245,12 @@ void hmi_tcache_after_fork_child(void) {
     if (tc != self) hmi_stats_fold(&tc->stats);
   registry = self;
   if (self) self->next = self->prev = NULL;
+}
+
+/* Objects of each class held in live thread caches, added to counts[] (stats). */
+void hmi_tcache_class_counts(size_t counts[HM_CLASSES]) {
+  hm_lock(&hmi_registry_lock);
+  for (hm_tcache_t *tc = registry; tc; tc = tc->next)
+    for (unsigned c = 0; c < HM_CLASSES; c++) counts[c] += hm_bin_count_racy(&tc->bins[c]);
+  hm_unlock(&hmi_registry_lock);
 }

@@ -32,12 +32,15 @@
  * segment | 2              a page of a medium segment
  * large header | 4         the page holding a large block's user pointer
  * 8                        the same page after the large block was freed (a tombstone, so a
- *                          second free is named a double free; overwritten when reused) */
+ *                          second free is named a double free; overwritten when reused)
+ * span | 16                a page of a small span in HMALLOC_CHECK mode: not SMALL, so free
+ *                          skips its fast path (check_mode.c) */
 typedef uintptr_t hm_pmentry_t;
 #define HM_PM_SMALL 1u
 #define HM_PM_MEDIUM 2u
 #define HM_PM_LARGE 4u
 #define HM_PM_FREED_LARGE 8u
+#define HM_PM_CHECKED 16u /* span | 16: a small span in HMALLOC_CHECK mode (check_mode.c) */
 #define HM_PM_PTR(e) ((void *)((e) & ~(uintptr_t)127))
 #define HM_PM_CLASS(e) ((unsigned)((e) >> 1) & 63u)
 
@@ -174,6 +177,7 @@ typedef struct hm_large_s {
   size_t map_size;     /* bytes mapped */
   uintptr_t check;     /* address of this header ^ map_size ^ hmi_secret */
   struct hm_large_s *next, *prev; /* every live large block, under hmi_large_lock */
+  size_t guard;        /* bytes of PROT_NONE guard at the end of the mapping (HMALLOC_CHECK) */
 } hm_large_t;
 
 /* ---- options (options.c) ---------------------------------------------------------------- */
