@@ -1,0 +1,177 @@
+/* misuse.c - invalid and double frees must abort with hmalloc's one-line message.
+ *
+ * Linked with the whole of libhmalloc.a, so free and realloc here ARE hmalloc.  Every test
+ * first runs the misuse in a forked child whose stderr is a pipe, and checks that the child
+ * died of SIGABRT after writing exactly one line:
+ *     hmalloc: free(): invalid pointer 0x...      (realloc: "realloc(): invalid pointer")
+ *     hmalloc: free(): double free 0x...
+ * naming the pointer passed.  Then it commits the same misuse itself, so Criterion sees the
+ * SIGABRT it expects (.signal = SIGABRT). */
+#include <errno.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <criterion/criterion.h>
+
+#include "hmalloc.h"
+
+/* Pointers the compiler cannot see through (no -Wfree-nonheap-object, no folding). */
+static void *launder(void *p) {
+  void *volatile v = p;
+  return v;
+}
+
+static char global_buffer[256];
+
+typedef void (*misuse_fn)(void *arg);
+
+/* Run fn(arg) in a child with stderr on a pipe; check it dies of SIGABRT after writing
+ * exactly `<prefix><pointer>\n` where pointer is the value `ptr`. */
+static void expect_abort_message(misuse_fn fn, void *arg, const char *prefix, void *ptr) {
+  int fds[2];
+  cr_assert_eq(pipe(fds), 0);
+  fflush(NULL);
+  pid_t pid = fork();
+  cr_assert_neq(pid, -1, "fork: %s", strerror(errno));
+  if (pid == 0) {
+    close(fds[0]);
+    dup2(fds[1], 2);
+    close(fds[1]);
+    signal(SIGABRT, SIG_DFL);
+    fn(arg);
+    _exit(0); /* the misuse went unnoticed */
+  }
+  close(fds[1]);
+  char out[1024];
+  size_t len = 0;
+  for (;;) {
+    ssize_t r = read(fds[0], out + len, sizeof out - 1 - len);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) break;
+    len += (size_t)r;
+    if (len == sizeof out - 1) break;
+  }
+  out[len] = '\0';
+  close(fds[0]);
+  int st = 0;
+  cr_assert_eq(waitpid(pid, &st, 0), pid);
+  cr_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT,
+            "the misuse did not abort (%s %d); stderr: \"%s\"",
+            WIFSIGNALED(st) ? "signal" : "exit code",
+            WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st), out);
+  char want[256];
+  snprintf(want, sizeof want, "%s%p\n", prefix, ptr);
+  cr_assert_str_eq(out, want, "stderr was \"%s\", expected \"%s\"", out, want);
+}
+
+/* ---- the misuses ---- */
+static void do_free(void *p) { free(launder(p)); }
+static void do_realloc(void *p) {
+  void *q = realloc(launder(p), 100);
+  (void)q;
+}
+static void do_double_free(void *p) {
+  free(launder(p));
+  free(launder(p));
+}
+
+/* For each test: check the message in a child, then abort here. */
+#define MISUSE(fn, prefix, p)                                                               \
+  do {                                                                                      \
+    void *p_ = (p);                                                                         \
+    expect_abort_message(fn, p_, prefix, p_);                                               \
+    fn(p_);                                                                                 \
+  } while (0)
+#define INVALID_FREE(p) MISUSE(do_free, "hmalloc: free(): invalid pointer ", p)
+#define INVALID_REALLOC(p) MISUSE(do_realloc, "hmalloc: realloc(): invalid pointer ", p)
+#define DOUBLE_FREE(p) MISUSE(do_double_free, "hmalloc: free(): double free ", p)
+
+/* A few blocks on each side, so the interesting block is not alone in its span or arena. */
+static void *tiered_block(size_t size) {
+  void *before = malloc(size), *p = malloc(size), *after = malloc(size);
+  cr_assert(before && p && after);
+  memset(p, 0x5A, size);
+  return p;
+}
+
+#define SMALL 100
+#define MEDIUM 10000
+#define LARGE (1024 * 1024)
+
+/* ---- free ---- */
+Test(misuse, free_stack_pointer, .signal = SIGABRT) {
+  char buf[64];
+  memset(buf, 1, sizeof buf);
+  INVALID_FREE(buf + 16);
+}
+
+Test(misuse, free_global, .signal = SIGABRT) { INVALID_FREE(global_buffer + 32); }
+
+Test(misuse, free_interior_small, .signal = SIGABRT) {
+  char *p = tiered_block(SMALL);
+  INVALID_FREE(p + 16);
+}
+
+Test(misuse, free_interior_medium, .signal = SIGABRT) {
+  char *p = tiered_block(MEDIUM);
+  INVALID_FREE(p + 64);
+}
+
+Test(misuse, free_interior_large, .signal = SIGABRT) {
+  char *p = tiered_block(LARGE);
+  INVALID_FREE(p + 16);
+}
+
+Test(misuse, free_interior_large_next_page, .signal = SIGABRT) {
+  char *p = tiered_block(LARGE);
+  INVALID_FREE(p + 8192);
+}
+
+Test(misuse, free_mmap_pointer, .signal = SIGABRT) {
+  char *m = mmap(NULL, 1 << 16, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  cr_assert_neq(m, MAP_FAILED);
+  INVALID_FREE(m + 4096);
+}
+
+/* ---- realloc ---- */
+Test(misuse, realloc_stack_pointer, .signal = SIGABRT) {
+  char buf[64];
+  memset(buf, 1, sizeof buf);
+  INVALID_REALLOC(buf + 16);
+}
+
+Test(misuse, realloc_global, .signal = SIGABRT) { INVALID_REALLOC(global_buffer + 32); }
+
+Test(misuse, realloc_interior_small, .signal = SIGABRT) {
+  char *p = tiered_block(SMALL);
+  INVALID_REALLOC(p + 16);
+}
+
+Test(misuse, realloc_interior_medium, .signal = SIGABRT) {
+  char *p = tiered_block(MEDIUM);
+  INVALID_REALLOC(p + 64);
+}
+
+Test(misuse, realloc_interior_large, .signal = SIGABRT) {
+  char *p = tiered_block(LARGE);
+  INVALID_REALLOC(p + 16);
+}
+
+Test(misuse, realloc_mmap_pointer, .signal = SIGABRT) {
+  char *m = mmap(NULL, 1 << 16, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  cr_assert_neq(m, MAP_FAILED);
+  INVALID_REALLOC(m + 4096);
+}
+
+/* ---- double free ---- */
+Test(misuse, double_free_small, .signal = SIGABRT) { DOUBLE_FREE(tiered_block(SMALL)); }
+
+Test(misuse, double_free_medium, .signal = SIGABRT) { DOUBLE_FREE(tiered_block(MEDIUM)); }
+
+Test(misuse, double_free_large, .signal = SIGABRT) { DOUBLE_FREE(tiered_block(LARGE)); }
