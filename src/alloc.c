@@ -21,13 +21,17 @@ void hmi_corrupt_list(void *at) {
 }
 
 void *hmi_alloc_small_slow(unsigned cls, size_t size) {
-  void *p = HM_UNLIKELY(hmi_check_mode) ? hmi_check_alloc(size, HM_ALIGN)
-                                        : hmi_tcache_alloc_slow(cls);
+  void *p;
+  if (HM_UNLIKELY(hmi_check_mode)) {
+    p = hmi_check_alloc(size, HM_ALIGN); /* counts it */
+  } else {
+    p = hmi_tcache_alloc_slow(cls);
+    if (p != NULL) hmi_tcache.stats.class_malloc[cls]++;
+  }
   if (HM_UNLIKELY(p == NULL)) {
     errno = ENOMEM;
     return NULL;
   }
-  hmi_tcache.stats.malloc_count++;
   if (HM_UNLIKELY(hmi_hooks_on)) hmi_hook_alloc(p, size);
   return p;
 }

@@ -27,7 +27,7 @@ static inline __attribute__((always_inline)) void *hm_alloc_raw(size_t size) {
       b->head = hmi_next_checked_k(p, tc->list_key);
       ((uintptr_t *)p)[1] = 0; /* no longer marked free */
       b->space++;
-      tc->stats.malloc_count++;
+      tc->stats.class_malloc[cls]++;
       return p;
     }
     return hmi_alloc_small_slow(cls, size);
@@ -54,7 +54,7 @@ static inline __attribute__((always_inline)) void hm_free_raw(void *p, const cha
       *(void **)p = hmi_link_k(b->head, p, tc->list_key);
       ((uintptr_t *)p)[1] = tc->free_mark;
       b->head = p;
-      tc->stats.free_count++;
+      tc->stats.class_free[cls]++;
       if (HM_LIKELY(--b->space >= 0)) return;
       hmi_tcache_free_slow(p, cls);
       return;

@@ -153,6 +153,8 @@ void hmi_tcache_free_slow(void *p, unsigned cls);
 void hmi_tcache_init_process(void);
 void hmi_tcache_sum(hm_tstats_t *out, size_t *cached_bytes);
 void hmi_tcache_class_counts(size_t counts[HM_CLASSES]);
+void hmi_tcache_class_stats(uint64_t mallocs[HM_CLASSES], uint64_t frees[HM_CLASSES],
+                            uint64_t refills[HM_CLASSES], uint64_t flushes[HM_CLASSES]);
 extern hm_lock_t hmi_registry_lock;
 
 /* ---- large.c ---- */

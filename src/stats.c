@@ -104,9 +104,16 @@ void hmi_stats_snapshot(hms_snap_t *s) {
     s->cached_bytes = bytes;
   }
 
+  uint64_t mallocs[HM_CLASSES] = {0}, frees[HM_CLASSES] = {0}, misses[HM_CLASSES] = {0},
+           flushes[HM_CLASSES] = {0};
+  hmi_tcache_class_stats(mallocs, frees, misses, flushes);
   size_t out_bytes = 0;
   for (unsigned c = 0; c < HM_CLASSES; c++) {
     hm_central_t *cc = &hmi_central[c];
+    s->cls[c].mallocs = mallocs[c];
+    s->cls[c].frees = frees[c];
+    s->cls[c].misses = misses[c];
+    s->cls[c].flushes = flushes[c];
     hms_class_t *k = &s->cls[c];
     hm_lock(&cc->lock);
     k->spans = cc->span_count;
@@ -462,9 +469,10 @@ static void print_snapshot(int fd, const hms_snap_t *s, size_t rss) {
   HMS_PUT(&l.o, "\n");
   col_s(&l, "class", 6);
   static const char *const ch[] = {"size", "in use", "bytes", "cached", "free slots",
-                                   "spans", "made", "released"};
-  static const int cw[] = {6, 10, 12, 8, 10, 7, 8, 8};
-  for (unsigned i = 0; i < 8; i++) col_r(&l, ch[i], cw[i]);
+                                   "spans", "made", "released", "mallocs", "hits", "misses",
+                                   "flushes"};
+  static const int cw[] = {6, 10, 12, 8, 10, 7, 8, 8, 12, 12, 9, 9};
+  for (unsigned i = 0; i < 12; i++) col_r(&l, ch[i], cw[i]);
   HMS_PUT(&l.o, "\n");
   unsigned shown = 0;
   for (unsigned k = 0; k < HM_CLASSES; k++) {
@@ -481,6 +489,10 @@ static void print_snapshot(int fd, const hms_snap_t *s, size_t rss) {
     col_u(&l, x->spans, cw[5]);
     col_u(&l, x->made, cw[6]);
     col_u(&l, x->released, cw[7]);
+    col_u(&l, x->mallocs, cw[8]);
+    col_u(&l, x->mallocs > x->misses ? x->mallocs - x->misses : 0, cw[9]);
+    col_u(&l, x->misses, cw[10]);
+    col_u(&l, x->flushes, cw[11]);
     HMS_PUT(&l.o, "\n");
     line_maybe_flush(&l);
     shown++;

@@ -17,6 +17,9 @@ typedef struct hms_class_s {
   size_t cached;        /* objects of the class in thread caches */
   size_t in_use;        /* objects handed to the program and not freed */
   uint64_t made, released;
+  uint64_t mallocs, frees; /* calls served in this class, every thread, ever */
+  uint64_t misses;         /* mallocs that found the thread cache empty (refills) */
+  uint64_t flushes;        /* batches given back to the central list */
 } hms_class_t;
 
 typedef struct hms_arena_s {

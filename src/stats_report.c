@@ -70,10 +70,14 @@ size_t hmi_stats_json_snap(const hms_snap_t *s, char *buf, size_t len) {
   for (unsigned k = 0; k < HM_CLASSES; k++) {
     const hms_class_t *x = &s->cls[k];
     HMS_PUT(&o, "%s{\"class\":%u,\"size\":%u,\"in_use\":%llu,\"bytes\":%llu,\"cached\":%llu,"
-                "\"free_slots\":%llu,\"spans\":%llu,\"spans_made\":%llu,\"spans_released\":%llu}",
+                "\"free_slots\":%llu,\"spans\":%llu,\"spans_made\":%llu,\"spans_released\":%llu,"
+                "\"mallocs\":%llu,\"frees\":%llu,\"cache_hits\":%llu,\"cache_misses\":%llu,"
+                "\"flushes\":%llu}",
             k ? "," : "", k, (unsigned)hmi_class_size[k], U(x->in_use),
             U(x->in_use) * hmi_class_size[k], U(x->cached), U(x->free_slots), U(x->spans),
-            U(x->made), U(x->released));
+            U(x->made), U(x->released), U(x->mallocs), U(x->frees),
+            U(x->mallocs > x->misses ? x->mallocs - x->misses : 0), U(x->misses),
+            U(x->flushes));
   }
   HMS_PUT(&o, "]}");
   return o.pos;

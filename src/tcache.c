@@ -23,6 +23,24 @@ __thread hm_tcache_t hmi_tcache __attribute__((tls_model("initial-exec")));
 
 hm_lock_t hmi_registry_lock = HM_LOCK_INIT;
 static hm_tcache_t *registry;
+static uint64_t dead_class[4][HM_CLASSES]; /* per-class counters of exited threads */
+
+/* Add a cache's counters to the totals of exited threads.  Caller holds the registry lock. */
+static void fold(const hm_tstats_t *t) {
+  uint64_t mallocs = t->malloc_count, frees = t->free_count;
+  for (unsigned c = 0; c < HM_CLASSES; c++) {
+    dead_class[0][c] += t->class_malloc[c];
+    dead_class[1][c] += t->class_free[c];
+    dead_class[2][c] += t->class_refill[c];
+    dead_class[3][c] += t->class_flush[c];
+    mallocs += t->class_malloc[c];
+    frees += t->class_free[c];
+  }
+  hm_tstats_t total = *t;
+  total.malloc_count = mallocs;
+  total.free_count = frees;
+  hmi_stats_fold(&total);
+}
 static pthread_key_t exit_key;
 static uint32_t class_batch[HM_CLASSES]; /* objects moved per refill */
 static uint32_t class_limit[HM_CLASSES]; /* objects a list may hold */
@@ -111,6 +129,7 @@ static void flush(hm_tcache_t *tc, unsigned c, uint32_t n) {
   *(void **)last = hmi_link(NULL, last);
   b->space += (int32_t)n;
   tc->stats.flushes++;
+  tc->stats.class_flush[c]++;
   hmi_span_give(c, head, n);
 }
 
@@ -147,6 +166,7 @@ void *hmi_tcache_alloc_slow(unsigned cls) {
   uint32_t n = hmi_span_take(cls, want, &list);
   if (n == 0) return NULL;
   tc->stats.refills++;
+  tc->stats.class_refill[cls]++;
   void *p = list;
   b->head = hmi_next_checked(p);
   ((uintptr_t *)p)[1] = 0;
@@ -195,7 +215,7 @@ void hmi_free_marked(void *p, unsigned cls) {
   *(void **)p = hmi_link(b->head, p);
   ((uintptr_t *)p)[1] = tc->free_mark;
   b->head = p;
-  tc->stats.free_count++;
+  tc->stats.class_free[cls]++;
   if (--b->space < 0) hmi_tcache_free_slow(p, cls);
 }
 
@@ -212,7 +232,7 @@ static void thread_exit(void *arg) {
   if (tc->prev) tc->prev->next = tc->next;
   else registry = tc->next;
   if (tc->next) tc->next->prev = tc->prev;
-  hmi_stats_fold(&tc->stats);
+  fold(&tc->stats);
   memset(&tc->stats, 0, sizeof tc->stats);
   hm_unlock(&hmi_registry_lock);
 }
@@ -226,6 +246,10 @@ void hmi_tcache_sum(hm_tstats_t *out, size_t *cached) {
   for (hm_tcache_t *tc = registry; tc; tc = tc->next) {
     out->malloc_count += __atomic_load_n(&tc->stats.malloc_count, __ATOMIC_RELAXED);
     out->free_count += __atomic_load_n(&tc->stats.free_count, __ATOMIC_RELAXED);
+    for (unsigned c = 0; c < HM_CLASSES; c++) {
+      out->malloc_count += __atomic_load_n(&tc->stats.class_malloc[c], __ATOMIC_RELAXED);
+      out->free_count += __atomic_load_n(&tc->stats.class_free[c], __ATOMIC_RELAXED);
+    }
     out->realloc_count += __atomic_load_n(&tc->stats.realloc_count, __ATOMIC_RELAXED);
     out->refills += __atomic_load_n(&tc->stats.refills, __ATOMIC_RELAXED);
     out->flushes += __atomic_load_n(&tc->stats.flushes, __ATOMIC_RELAXED);
@@ -242,7 +266,7 @@ void hmi_tcache_sum(hm_tstats_t *out, size_t *cached) {
 void hmi_tcache_after_fork_child(void) {
   hm_tcache_t *self = hmi_tcache.state == HM_TC_LIVE ? &hmi_tcache : NULL;
   for (hm_tcache_t *tc = registry; tc; tc = tc->next)
-    if (tc != self) hmi_stats_fold(&tc->stats);
+    if (tc != self) fold(&tc->stats);
   registry = self;
   if (self) self->next = self->prev = NULL;
 }
@@ -252,5 +276,25 @@ void hmi_tcache_class_counts(size_t counts[HM_CLASSES]) {
   hm_lock(&hmi_registry_lock);
   for (hm_tcache_t *tc = registry; tc; tc = tc->next)
     for (unsigned c = 0; c < HM_CLASSES; c++) counts[c] += hm_bin_count_racy(&tc->bins[c]);
+  hm_unlock(&hmi_registry_lock);
+}
+
+/* Per-class counters of live and exited threads, added to the arrays (stats). */
+void hmi_tcache_class_stats(uint64_t mallocs[HM_CLASSES], uint64_t frees[HM_CLASSES],
+                            uint64_t refills[HM_CLASSES], uint64_t flushes[HM_CLASSES]) {
+  hm_lock(&hmi_registry_lock);
+  for (unsigned c = 0; c < HM_CLASSES; c++) {
+    mallocs[c] += dead_class[0][c];
+    frees[c] += dead_class[1][c];
+    refills[c] += dead_class[2][c];
+    flushes[c] += dead_class[3][c];
+  }
+  for (hm_tcache_t *tc = registry; tc; tc = tc->next)
+    for (unsigned c = 0; c < HM_CLASSES; c++) {
+      mallocs[c] += __atomic_load_n(&tc->stats.class_malloc[c], __ATOMIC_RELAXED);
+      frees[c] += __atomic_load_n(&tc->stats.class_free[c], __ATOMIC_RELAXED);
+      refills[c] += __atomic_load_n(&tc->stats.class_refill[c], __ATOMIC_RELAXED);
+      flushes[c] += __atomic_load_n(&tc->stats.class_flush[c], __ATOMIC_RELAXED);
+    }
   hm_unlock(&hmi_registry_lock);
 }

@@ -93,10 +93,17 @@ static inline uint32_t hm_bin_count_racy(const hm_bin_t *b) {
   return n > 0 ? (uint32_t)n : 0;
 }
 
-/* Per-thread counters, summed on read; written only by their thread. */
+/* Per-thread counters, summed on read; written only by their thread.  Small-tier calls are
+ * counted per class (the fast path adds to class_malloc[cls] where it would otherwise add
+ * to a single counter: the same one instruction); malloc_count and free_count count the
+ * other calls.  hmi_tcache_sum reports the totals. */
 typedef struct hm_tstats_s {
   uint64_t malloc_count, free_count, realloc_count;
   uint64_t refills, flushes;
+  uint64_t class_malloc[HM_CLASSES];  /* small allocations (cache hits + misses) */
+  uint64_t class_free[HM_CLASSES];    /* small frees */
+  uint64_t class_refill[HM_CLASSES];  /* cache misses: batches taken from the central list */
+  uint64_t class_flush[HM_CLASSES];   /* batches given back to the central list */
 } hm_tstats_t;
 
 /* A thread's cache.  Lives in initial-exec TLS, zero at thread start: all lists empty, all
