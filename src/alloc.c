@@ -53,6 +53,7 @@ fail:
 }
 
 void hmi_free_slow(void *p, hm_pmentry_t e, const char *caller) {
+  if (p == NULL) return;
   if (e & HM_PM_SMALL) hmi_invalid_pointer(caller, p); /* inside a span, not an object start */
   int saved = errno; /* munmap, madvise and brk may set it; free must not */
   if (HM_UNLIKELY(hmi_check_mode)) {

@@ -36,7 +36,8 @@ static inline __attribute__((always_inline)) void *hm_alloc_raw(size_t size) {
 }
 
 static inline __attribute__((always_inline)) void hm_free_raw(void *p, const char *caller) {
-  if (HM_UNLIKELY(p == NULL)) return;
+  /* free(NULL) needs no test here: page 0 is never hmalloc's, so its entry is 0 and NULL
+   * goes to the slow path, which returns at once. */
   hm_pmentry_t e = hmi_pagemap_get((uintptr_t)p);
   if (HM_LIKELY(e & HM_PM_SMALL)) {
     const hm_span_t *s = HM_PM_PTR(e);

@@ -53,9 +53,13 @@ void hmi_tcache_init_process(void) {
   size_t cap = hmi_options.tcache_max;
   for (unsigned c = 0; c < HM_CLASSES; c++) {
     size_t size = hmi_class_size[c];
+    /* 16 KiB worth, 4 to 64 objects, a multiple of 4: every class size is a multiple of 16,
+     * so a batch covers whole 64-byte cache lines, and two threads refilling from a fresh
+     * span never share a line (no false sharing handed out). */
     size_t batch = ((size_t)16 << 10) / size;
     if (batch > 64) batch = 64;
-    if (batch < 2) batch = 2;
+    batch &= ~(size_t)3;
+    if (batch < 4) batch = 4;
     size_t limit = cap / 4 / size;
     if (limit > 1024) limit = 1024;
     if (limit < batch) limit = batch;
