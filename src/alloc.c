@@ -26,7 +26,7 @@ void *hmi_alloc_small_slow(unsigned cls, size_t size) {
     p = hmi_check_alloc(size, HM_ALIGN); /* counts it */
   } else {
     p = hmi_tcache_alloc_slow(cls);
-    if (p != NULL) hmi_tcache.stats.class_malloc[cls]++;
+    if (p != NULL) HM_RACY_ADD(hmi_tcache.stats.class_malloc[cls], 1);
   }
   if (HM_UNLIKELY(p == NULL)) {
     errno = ENOMEM;
@@ -44,7 +44,7 @@ void *hmi_alloc_big(size_t size) {
   else if (size >= hmi_options.mmap_threshold) p = hmi_large_alloc(size, HM_ALIGN);
   else p = hmi_arena_alloc(hmi_arena_pick(), size, HM_ALIGN);
   if (p == NULL) goto fail;
-  hmi_tcache.stats.malloc_count++;
+  HM_RACY_ADD(hmi_tcache.stats.malloc_count, 1);
   if (HM_UNLIKELY(hmi_hooks_on)) hmi_hook_alloc(p, size);
   return p;
 fail:
@@ -76,7 +76,7 @@ void hmi_free_slow(void *p, hm_pmentry_t e, const char *caller) {
   } else {
     hmi_invalid_pointer(caller, p);
   }
-  hmi_tcache.stats.free_count++;
+  HM_RACY_ADD(hmi_tcache.stats.free_count, 1);
   errno = saved;
 }
 
@@ -97,7 +97,8 @@ size_t hmi_usable(void *p, const char *caller) {
   }
   if (e & HM_PM_MEDIUM) {
     hm_chunk_t *c = hmi_arena_chunk_of(p, HM_PM_PTR(e));
-    if (c == NULL || !(c->size_flags & HM_CH_INUSE)) hmi_invalid_pointer(caller, p);
+    if (c == NULL || !(__atomic_load_n(&c->size_flags, __ATOMIC_RELAXED) & HM_CH_INUSE))
+      hmi_invalid_pointer(caller, p);
     return hmi_arena_usable(p);
   }
   if (e & HM_PM_LARGE) {
@@ -139,7 +140,7 @@ static void *alloc_aligned(size_t alignment, size_t size) {
     errno = ENOMEM;
     return NULL;
   }
-  hmi_tcache.stats.malloc_count++;
+  HM_RACY_ADD(hmi_tcache.stats.malloc_count, 1);
   HM_VG_ALLOC(p, size, 0);
   if (HM_UNLIKELY(hmi_hooks_on)) hmi_hook_alloc(p, size);
   return p;
@@ -164,15 +165,21 @@ HM_API void *hm_calloc(size_t count, size_t size) {
   hm_pmentry_t e = hmi_pagemap_get((uintptr_t)p);
   /* A fresh large mapping is already zero; everything else may be reused memory. */
   if ((e & 7) == HM_PM_LARGE) return p;
-  memset(p, 0, (e & HM_PM_SMALL) ? hmi_class_size[HM_PM_CLASS(e)] : hmi_arena_usable(p));
-  return p;
+  return memset(p, 0, total); /* what was asked; bytes past it are not promised */
 }
 
 /* Allocate, copy, free: the move that realloc falls back to. */
 static void *realloc_move(void *p, size_t old_usable, size_t size) {
   void *q = hm_alloc_inline(size);
   if (q == NULL) return NULL; /* the old block stays as it was */
+#ifdef HM_VALGRIND
+  /* Bytes past the old request are inaccessible to memcheck; copying them is ours to do. */
+  VALGRIND_DISABLE_ERROR_REPORTING;
+#endif
   memcpy(q, p, old_usable < size ? old_usable : size);
+#ifdef HM_VALGRIND
+  VALGRIND_ENABLE_ERROR_REPORTING;
+#endif
   hm_free_inline(p, "realloc");
   return q;
 }
@@ -191,7 +198,7 @@ static void *realloc_impl(void *p, size_t size) {
     hm_free_inline(p, "realloc");
     return NULL;
   }
-  hmi_tcache.stats.realloc_count++;
+  HM_RACY_ADD(hmi_tcache.stats.realloc_count, 1);
   if (size > PTRDIFF_MAX) {
     hmi_usable(p, "realloc"); /* still refuse a bad pointer */
     errno = ENOMEM;

@@ -26,8 +26,8 @@ static inline __attribute__((always_inline)) void *hm_alloc_raw(size_t size) {
     if (HM_LIKELY(p != NULL)) {
       b->head = hmi_next_checked_k(p, tc->list_key);
       ((uintptr_t *)p)[1] = 0; /* no longer marked free */
-      b->space++;
-      tc->stats.class_malloc[cls]++;
+      HM_RACY_ADD(b->space, 1);
+      HM_RACY_ADD(tc->stats.class_malloc[cls], 1);
       return p;
     }
     return hmi_alloc_small_slow(cls, size);
@@ -55,8 +55,10 @@ static inline __attribute__((always_inline)) void hm_free_raw(void *p, const cha
       *(void **)p = hmi_link_k(b->head, p, tc->list_key);
       ((uintptr_t *)p)[1] = tc->free_mark;
       b->head = p;
-      tc->stats.class_free[cls]++;
-      if (HM_LIKELY(--b->space >= 0)) return;
+      HM_RACY_ADD(tc->stats.class_free[cls], 1);
+      int32_t space = b->space - 1;
+      HM_RACY_SET(b->space, space);
+      if (HM_LIKELY(space >= 0)) return;
       hmi_tcache_free_slow(p, cls);
       return;
     }

@@ -48,13 +48,14 @@ static inline uintptr_t ccheck(const hm_chunk_t *c) { return (uintptr_t)c ^ hmi_
 
 /* Write a header keeping the PREV_INUSE bit given. */
 static inline void cset(hm_chunk_t *c, size_t size, bool inuse, bool prev_inuse) {
-  c->size_flags = size | (inuse ? HM_CH_INUSE : 0) | (prev_inuse ? HM_CH_PREV_INUSE : 0);
-  c->check = ccheck(c);
+  HM_RACY_SET(c->size_flags, size | (inuse ? HM_CH_INUSE : 0) | (prev_inuse ? HM_CH_PREV_INUSE : 0));
+  HM_RACY_SET(c->check, ccheck(c));
   if (!inuse && size >= HM_CHUNK_MIN) *cfooter(c) = size;
 }
+/* The header word of an in-use chunk is read without the lock (usable size, validation);
+ * its size never changes then, only this bit, written by neighbours' operations. */
 static inline void set_prev_inuse(hm_chunk_t *c, bool v) {
-  if (v) c->size_flags |= HM_CH_PREV_INUSE;
-  else c->size_flags &= ~HM_CH_PREV_INUSE;
+  HM_RACY_SET(c->size_flags, v ? c->size_flags | HM_CH_PREV_INUSE : c->size_flags & ~HM_CH_PREV_INUSE);
 }
 
 HM_COLD static void corrupt(const char *what, void *where) {
@@ -205,7 +206,7 @@ static bool grow_mmap(hm_arena_t *a, size_t need) {
   }
   segment_link(a, s);
   segment_format(a, s);
-  a->mapped += size;
+  HM_RACY_ADD(a->mapped, size);
   a->seg_maps++;
   return true;
 }
@@ -215,7 +216,7 @@ static void segment_unmap(hm_arena_t *a, hm_segment_t *s) {
   size_t size = s->end - map;
   hmi_pagemap_set(map, size >> HM_PAGE_SHIFT, 0);
   segment_unlink(a, s);
-  a->mapped -= size;
+  HM_RACY_ADD(a->mapped, -size);
   a->seg_unmaps++;
   hmi_os_munmap((void *)map, size);
   hmi_meta_free(s, sizeof *s);
@@ -242,7 +243,7 @@ static bool grow_brk(hm_arena_t *a, size_t need) {
     hm_chunk_t *c = cat(top->end - HM_CHUNK_HEADER);
     bool prev_inuse = cprev_inuse(c);
     if (!segment_map_pages(top, base, end)) { hmi_os_sbrk(-(intptr_t)incr); return false; }
-    top->end = end;
+    HM_RACY_SET(top->end, end);
     size_t size = end - HM_CHUNK_HEADER - (uintptr_t)c;
     if (!prev_inuse) { /* merge with the free chunk before the old sentinel */
       hm_chunk_t *p = cat((uintptr_t)c - *((size_t *)c - 1));
@@ -275,7 +276,7 @@ static bool grow_brk(hm_arena_t *a, size_t need) {
     segment_link(a, s);
     segment_format(a, s);
   }
-  a->mapped += incr;
+  HM_RACY_ADD(a->mapped, incr);
   a->brk_grows++;
   return true;
 }
@@ -308,11 +309,11 @@ static bool trim_top(hm_arena_t *a, size_t keep) {
   bin_remove(a, top);
   if (hmi_os_sbrk(-(intptr_t)release) == NULL) { bin_insert(a, top); return false; }
   hmi_pagemap_set(hm_align_up(new_end, HM_PAGE), release >> HM_PAGE_SHIFT, 0);
-  s->end = new_end;
+  HM_RACY_SET(s->end, new_end);
   cset(top, new_end - HM_CHUNK_HEADER - (uintptr_t)top, false, cprev_inuse(top));
   cset(cat(new_end - HM_CHUNK_HEADER), 0, true, false);
   bin_insert(a, top);
-  a->mapped -= release;
+  HM_RACY_ADD(a->mapped, -release);
   a->brk_trims++;
   return true;
 }
@@ -343,7 +344,7 @@ static void split_tail(hm_arena_t *a, hm_chunk_t *c, size_t need) {
   hm_chunk_t *rest = cat((uintptr_t)c + need);
   size_t rest_size = size - need;
   hm_chunk_t *after = cnext(c);
-  c->size_flags = need | (c->size_flags & HM_CH_FLAGS);
+  HM_RACY_SET(c->size_flags, need | (c->size_flags & HM_CH_FLAGS));
   if (!cinuse(after)) { /* keep the no-adjacent-free invariant */
     verify_header(after, "bad next chunk header");
     bin_remove(a, after);
@@ -385,13 +386,13 @@ void *hmi_arena_alloc(hm_arena_t *a, size_t size, size_t align) {
     a->splits++;
     c = ac;
   } else {
-    c->size_flags |= HM_CH_INUSE;
+    HM_RACY_SET(c->size_flags, c->size_flags | HM_CH_INUSE);
     set_prev_inuse(cnext(c), true);
   }
   set_prev_inuse(cnext(c), true);
   split_tail(a, c, need);
-  a->in_use += csize(c);
-  a->in_use_chunks++;
+  HM_RACY_ADD(a->in_use, csize(c));
+  HM_RACY_ADD(a->in_use_chunks, 1);
   if (grew) hmi_stats_note_mapped(); /* peaks move only when the OS gives memory; no lock */
   hm_assert(((uintptr_t)c + HM_CHUNK_HEADER) % (align > HM_ALIGN ? align : HM_ALIGN) == 0);
   hm_assert(csize(c) >= need && cinuse(c) && cprev_inuse(cnext(c)));
@@ -400,15 +401,18 @@ void *hmi_arena_alloc(hm_arena_t *a, size_t size, size_t align) {
   return (void *)((uintptr_t)c + HM_CHUNK_HEADER);
 }
 
+/* Called with or without the arena lock (free takes it; usable size and realloc's
+ * validation do not): every word is read once, atomically. */
 hm_chunk_t *hmi_arena_chunk_of(void *p, hm_segment_t *seg) {
   uintptr_t u = (uintptr_t)p;
   if ((u & (HM_ALIGN - 1)) != 0) return NULL;
   uintptr_t c = u - HM_CHUNK_HEADER;
-  if (c < seg->start || c >= seg->end - HM_CHUNK_HEADER) return NULL;
+  uintptr_t end = __atomic_load_n(&seg->end, __ATOMIC_RELAXED);
+  if (c < seg->start || c >= end - HM_CHUNK_HEADER) return NULL;
   hm_chunk_t *ch = cat(c);
-  if (ch->check != ccheck(ch)) return NULL;
-  size_t s = csize(ch);
-  if (s < HM_CHUNK_MIN || s > seg->end - HM_CHUNK_HEADER - c) return NULL;
+  if (__atomic_load_n(&ch->check, __ATOMIC_RELAXED) != ccheck(ch)) return NULL;
+  size_t s = __atomic_load_n(&ch->size_flags, __ATOMIC_RELAXED) & ~HM_CH_FLAGS;
+  if (s < HM_CHUNK_MIN || s > end - HM_CHUNK_HEADER - c) return NULL;
   return ch;
 }
 
@@ -422,8 +426,8 @@ void hmi_arena_free(void *p, hm_segment_t *seg) {
     hmi_fatal("hmalloc: free(): double free %p\n", p);
   }
   size_t size = csize(c);
-  a->in_use -= size;
-  a->in_use_chunks--;
+  HM_RACY_ADD(a->in_use, -size);
+  HM_RACY_ADD(a->in_use_chunks, -1);
   hm_chunk_t *next = cnext(c);
   verify_header(next, "bad next chunk header");
   if (!cinuse(next)) {
@@ -481,7 +485,7 @@ bool hmi_arena_resize(void *p, hm_segment_t *seg, size_t size) {
     verify_header(next, "bad next chunk header");
     if (!cinuse(next) && old + csize(next) >= need) {
       bin_remove(a, next);
-      c->size_flags += csize(next);
+      HM_RACY_SET(c->size_flags, c->size_flags + csize(next));
       set_prev_inuse(cnext(c), true);
       a->coalesces++;
     } else {
@@ -490,14 +494,15 @@ bool hmi_arena_resize(void *p, hm_segment_t *seg, size_t size) {
   }
   if (ok) {
     split_tail(a, c, need);
-    a->in_use += csize(c) - old;
+    HM_RACY_ADD(a->in_use, csize(c) - old);
   }
   hm_unlock(&a->lock);
   return ok;
 }
 
 size_t hmi_arena_usable(void *p) {
-  return csize(cat((uintptr_t)p - HM_CHUNK_HEADER)) - HM_CHUNK_HEADER;
+  hm_chunk_t *c = cat((uintptr_t)p - HM_CHUNK_HEADER);
+  return (__atomic_load_n(&c->size_flags, __ATOMIC_RELAXED) & ~HM_CH_FLAGS) - HM_CHUNK_HEADER;
 }
 
 /* Size of the free chunk at the top of the brk heap (what trimming could give back). */

@@ -82,7 +82,7 @@ void *hmi_check_alloc(size_t size, size_t align) {
   }
   memset(c + size, CANARY, usable - sizeof(size_t) - size);
   *trailer(p, usable) = size ^ hmi_secret;
-  hmi_tcache.stats.malloc_count++;
+  HM_RACY_ADD(hmi_tcache.stats.malloc_count, 1);
   return p;
 }
 
@@ -105,7 +105,7 @@ void hmi_check_free(void *p, hm_pmentry_t e, const char *caller) {
   } else {
     hmi_large_free(hmi_large_of(p, e));
   }
-  hmi_tcache.stats.free_count++;
+  HM_RACY_ADD(hmi_tcache.stats.free_count, 1);
 }
 
 /* Is p a block start in check mode?  (The tests of free's fast path, done here.) */

@@ -66,7 +66,7 @@ static inline hm_pmentry_t hmi_pagemap_get(uintptr_t addr) {
   if (HM_UNLIKELY(hi >= ((uintptr_t)1 << HM_PM_ROOT_BITS))) return 0;
   hm_pmentry_t *leaf = __atomic_load_n(&hmi_pagemap_root[hi], __ATOMIC_ACQUIRE);
   if (HM_UNLIKELY(leaf == NULL)) return 0;
-  return leaf[page & (((uintptr_t)1 << HM_PM_LEAF_BITS) - 1)];
+  return __atomic_load_n(&leaf[page & (((uintptr_t)1 << HM_PM_LEAF_BITS) - 1)], __ATOMIC_RELAXED);
 }
 /* Set `pages` entries from addr; returns false if a leaf could not be mapped. */
 bool hmi_pagemap_set(uintptr_t addr, size_t pages, hm_pmentry_t value);

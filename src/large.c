@@ -28,9 +28,9 @@ static void link_live(hm_large_t *h) {
   h->next = live;
   if (live) live->prev = h;
   live = h;
-  hmi_large_count++;
-  hmi_large_bytes += h->map_size;
-  hmi_large_usable_bytes += hmi_large_usable(h);
+  HM_RACY_ADD(hmi_large_count, 1);
+  HM_RACY_ADD(hmi_large_bytes, h->map_size);
+  HM_RACY_ADD(hmi_large_usable_bytes, hmi_large_usable(h));
   if (hmi_large_count > hmi_large_max_count) hmi_large_max_count = hmi_large_count;
   if (hmi_large_bytes > hmi_large_max_bytes) hmi_large_max_bytes = hmi_large_bytes;
   hm_unlock(&hmi_large_lock);
@@ -41,9 +41,9 @@ static void unlink_live(hm_large_t *h) {
   if (h->prev) h->prev->next = h->next;
   else live = h->next;
   if (h->next) h->next->prev = h->prev;
-  hmi_large_count--;
-  hmi_large_bytes -= h->map_size;
-  hmi_large_usable_bytes -= hmi_large_usable(h);
+  HM_RACY_ADD(hmi_large_count, -1);
+  HM_RACY_ADD(hmi_large_bytes, -h->map_size);
+  HM_RACY_ADD(hmi_large_usable_bytes, -hmi_large_usable(h));
   hm_unlock(&hmi_large_lock);
 }
 

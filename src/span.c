@@ -105,8 +105,8 @@ static hm_span_t *span_make(unsigned cls) {
                   hmi_check_mode ? (uintptr_t)s | HM_PM_CHECKED
                                  : (uintptr_t)s | ((uintptr_t)cls << 1) | HM_PM_SMALL);
   hm_central_t *c = &hmi_central[cls];
-  c->span_count++;
-  c->free_slots += s->capacity;
+  HM_RACY_ADD(c->span_count, 1);
+  HM_RACY_ADD(c->free_slots, s->capacity);
   c->spans_made++;
   return s;
 }
@@ -115,8 +115,8 @@ static hm_span_t *span_make(unsigned cls) {
 static void span_release(hm_central_t *c, hm_span_t *s) {
   hm_segment_t *seg = s->segment;
   hmi_pagemap_set(s->start, HM_SPAN_PAGES, (uintptr_t)seg | HM_PM_MEDIUM);
-  c->span_count--;
-  c->free_slots -= s->capacity;
+  HM_RACY_ADD(c->span_count, -1);
+  HM_RACY_ADD(c->free_slots, -(size_t)s->capacity);
   c->spans_released++;
   __atomic_fetch_sub(&hmi_span_chunk_bytes, hmi_arena_usable((void *)s->start) + HM_CHUNK_HEADER,
                      __ATOMIC_RELAXED);
@@ -161,7 +161,7 @@ uint32_t hmi_span_take(unsigned cls, uint32_t want, void **head) {
     hm_assert(s->used <= s->capacity && s->bump <= s->capacity);
     if (s->used == s->capacity) partial_remove(c, s);
   }
-  c->free_slots -= n;
+  HM_RACY_ADD(c->free_slots, -(size_t)n);
   hm_unlock(&c->lock);
   *head = list;
   return n;
@@ -170,7 +170,7 @@ uint32_t hmi_span_take(unsigned cls, uint32_t want, void **head) {
 void hmi_span_give(unsigned cls, void *head, uint32_t n) {
   hm_central_t *c = &hmi_central[cls];
   hm_lock(&c->lock);
-  c->free_slots += n;
+  HM_RACY_ADD(c->free_slots, (size_t)n);
   while (head != NULL) {
     void *p = head;
     head = hmi_next_checked(p);

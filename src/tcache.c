@@ -85,8 +85,8 @@ static void setup(hm_tcache_t *tc) {
     }
     b->head = list;
     uint32_t count = hm_bin_count(b);
-    b->limit = class_limit[c];
-    b->space = (int32_t)b->limit - (int32_t)count;
+    HM_RACY_SET(b->limit, class_limit[c]);
+    HM_RACY_SET(b->space, (int32_t)b->limit - (int32_t)count);
   }
   tc->list_key = hmi_list_key;
   tc->free_mark = hmi_free_mark;
@@ -115,8 +115,8 @@ void hmi_tcache_sync_hooks(void) {
     hm_bin_t *b = &tc->bins[c];
     if (want) flush(tc, c, hm_bin_count(b));
     uint32_t count = hm_bin_count(b); /* before the limit changes: count = limit - space */
-    b->limit = want ? 0 : class_limit[c];
-    b->space = (int32_t)b->limit - (int32_t)count;
+    HM_RACY_SET(b->limit, want ? 0 : class_limit[c]);
+    HM_RACY_SET(b->space, (int32_t)b->limit - (int32_t)count);
   }
   tc->hooked = want;
 }
@@ -131,9 +131,9 @@ static void flush(hm_tcache_t *tc, unsigned c, uint32_t n) {
   for (uint32_t i = 1; i < n; i++) last = hmi_next_checked(last);
   b->head = hmi_next_checked(last);
   *(void **)last = hmi_link(NULL, last);
-  b->space += (int32_t)n;
-  tc->stats.flushes++;
-  tc->stats.class_flush[c]++;
+  HM_RACY_ADD(b->space, (int32_t)n);
+  HM_RACY_ADD(tc->stats.flushes, 1);
+  HM_RACY_ADD(tc->stats.class_flush[c], 1);
   hmi_span_give(c, head, n);
 }
 
@@ -162,19 +162,19 @@ void *hmi_tcache_alloc_slow(unsigned cls) {
     void *p = b->head;
     b->head = hmi_next_checked(p);
     ((uintptr_t *)p)[1] = 0;
-    b->space++;
+    HM_RACY_ADD(b->space, 1);
     return p;
   }
   void *list;
   uint32_t want = tc->state == HM_TC_LIVE && b->limit > 0 ? class_batch[cls] : 1;
   uint32_t n = hmi_span_take(cls, want, &list);
   if (n == 0) return NULL;
-  tc->stats.refills++;
-  tc->stats.class_refill[cls]++;
+  HM_RACY_ADD(tc->stats.refills, 1);
+  HM_RACY_ADD(tc->stats.class_refill[cls], 1);
   void *p = list;
   b->head = hmi_next_checked(p);
   ((uintptr_t *)p)[1] = 0;
-  b->space -= (int32_t)(n - 1);
+  HM_RACY_ADD(b->space, -(int32_t)(n - 1));
   if (n > 1) enforce_cap(tc);
   return p;
 }
@@ -219,8 +219,9 @@ void hmi_free_marked(void *p, unsigned cls) {
   *(void **)p = hmi_link(b->head, p);
   ((uintptr_t *)p)[1] = tc->free_mark;
   b->head = p;
-  tc->stats.class_free[cls]++;
-  if (--b->space < 0) hmi_tcache_free_slow(p, cls);
+  HM_RACY_ADD(tc->stats.class_free[cls], 1);
+  HM_RACY_ADD(b->space, -1);
+  if (b->space < 0) hmi_tcache_free_slow(p, cls);
 }
 
 static void thread_exit(void *arg) {
@@ -228,8 +229,8 @@ static void thread_exit(void *arg) {
   if (tc != &hmi_tcache || tc->state != HM_TC_LIVE) return;
   for (unsigned c = 0; c < HM_CLASSES; c++) {
     flush(tc, c, hm_bin_count(&tc->bins[c]));
-    tc->bins[c].limit = 0;
-    tc->bins[c].space = 0;
+    HM_RACY_SET(tc->bins[c].limit, 0);
+    HM_RACY_SET(tc->bins[c].space, 0);
   }
   tc->state = HM_TC_DEAD;
   hm_lock(&hmi_registry_lock);
