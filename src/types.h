@@ -17,7 +17,15 @@
  * A plain aligned word store is what every supported target does anyway; under
  * ThreadSanitizer the store is a relaxed atomic so the tool sees what the code relies on.
  * Normal builds compile exactly as plain code. */
-#if defined(__SANITIZE_THREAD__)
+#if defined(__has_feature)
+#if __has_feature(thread_sanitizer) /* clang */
+#define HM_TSAN 1
+#endif
+#endif
+#if defined(__SANITIZE_THREAD__) /* gcc */
+#define HM_TSAN 1
+#endif
+#ifdef HM_TSAN
 #define HM_RACY_SET(lv, v) __atomic_store_n(&(lv), (v), __ATOMIC_RELAXED)
 #else
 #define HM_RACY_SET(lv, v) ((lv) = (v))
