@@ -63,6 +63,7 @@ typedef struct hm_stats_s {
   uint64_t brk_trim_count; /* times the brk heap was trimmed */
   uint64_t splits;         /* medium chunks split */
   uint64_t coalesces;      /* medium chunks merged with a free neighbour */
+  size_t large_cached;     /* freed large mappings kept for reuse (counted in mapped) */
 } hm_stats_t;
 
 /* Fill *out with the current counters (summed over all threads). */

@@ -164,7 +164,8 @@ HM_API void *hm_calloc(size_t count, size_t size) {
   if (HM_UNLIKELY(hmi_check_mode)) return memset(p, 0, total);
   hm_pmentry_t e = hmi_pagemap_get((uintptr_t)p);
   /* A fresh large mapping is already zero; everything else may be reused memory. */
-  if ((e & 7) == HM_PM_LARGE) return p;
+  /* A fresh mapping is already zero; a recycled one and everything else may not be. */
+  if ((e & 7) == HM_PM_LARGE && hmi_large_fresh(hmi_large_of(p, e))) return p;
   return memset(p, 0, total); /* what was asked; bytes past it are not promised */
 }
 
@@ -294,7 +295,7 @@ HM_API size_t hm_malloc_usable_size(void *p) {
 HM_API int hm_malloc_trim(size_t pad) {
   hmi_ensure_init();
   hmi_span_release_empty();
-  int released = 0;
+  int released = hmi_large_cache_flush() ? 1 : 0;
   for (unsigned i = 0; i < hmi_arena_count; i++)
     released |= hmi_arena_trim(hmi_arenas[i], pad, true);
   return released;

@@ -47,6 +47,90 @@ static void unlink_live(hm_large_t *h) {
   hm_unlock(&hmi_large_lock);
 }
 
+/* ---- cache of freed mappings ----
+ * An mmap and munmap per block cost microseconds, and every page of a fresh mapping faults
+ * when first touched: a program that allocates and frees large buffers in a loop pays that
+ * each time (mimalloc#447).  Up to CACHE_SLOTS freed mappings, CACHE_BYTES in all, are kept
+ * and handed to a later request that they fit with at most a quarter to spare; the oldest
+ * go first when the cache is full, and malloc_trim empties it.  Under hmi_large_lock. */
+#define CACHE_SLOTS 8
+#define CACHE_BYTES ((size_t)32 << 20)
+static struct {
+  uintptr_t map;
+  size_t size;
+  uint64_t age;
+} cache[CACHE_SLOTS];
+static uint64_t cache_clock;
+size_t hmi_large_cached_bytes;
+
+static uintptr_t cache_take(size_t need, size_t *got) {
+  int best = -1;
+  hm_lock(&hmi_large_lock);
+  for (int i = 0; i < CACHE_SLOTS; i++)
+    if (cache[i].map && cache[i].size >= need && cache[i].size - need <= need / 4 &&
+        (best < 0 || cache[i].size < cache[best].size))
+      best = i;
+  uintptr_t map = 0;
+  if (best >= 0) {
+    map = cache[best].map;
+    *got = cache[best].size;
+    cache[best].map = 0;
+    HM_RACY_ADD(hmi_large_cached_bytes, -*got);
+  }
+  hm_unlock(&hmi_large_lock);
+  return map;
+}
+
+/* Keep a freed mapping; false if it is too big to keep (the caller unmaps it). */
+static bool cache_put(uintptr_t map, size_t size) {
+  if (size > CACHE_BYTES / 4) return false;
+  struct { uintptr_t map; size_t size; } evicted[CACHE_SLOTS];
+  int n_evicted = 0;
+  hm_lock(&hmi_large_lock);
+  for (;;) {
+    int free_slot = -1, oldest = -1;
+    for (int i = 0; i < CACHE_SLOTS; i++) {
+      if (cache[i].map == 0) free_slot = i;
+      else if (oldest < 0 || cache[i].age < cache[oldest].age) oldest = i;
+    }
+    if (free_slot >= 0 && hmi_large_cached_bytes + size <= CACHE_BYTES) {
+      cache[free_slot].map = map;
+      cache[free_slot].size = size;
+      cache[free_slot].age = ++cache_clock;
+      HM_RACY_ADD(hmi_large_cached_bytes, size);
+      break;
+    }
+    evicted[n_evicted].map = cache[oldest].map;
+    evicted[n_evicted++].size = cache[oldest].size;
+    HM_RACY_ADD(hmi_large_cached_bytes, -cache[oldest].size);
+    cache[oldest].map = 0;
+  }
+  hm_unlock(&hmi_large_lock);
+  for (int i = 0; i < n_evicted; i++) hmi_os_munmap((void *)evicted[i].map, evicted[i].size);
+  return true;
+}
+
+/* malloc_trim: unmap every cached mapping.  Returns true if there was any. */
+bool hmi_large_cache_flush(void) {
+  bool any = false;
+  for (;;) {
+    uintptr_t map = 0;
+    size_t size = 0;
+    hm_lock(&hmi_large_lock);
+    for (int i = 0; i < CACHE_SLOTS && map == 0; i++)
+      if (cache[i].map) {
+        map = cache[i].map;
+        size = cache[i].size;
+        cache[i].map = 0;
+        HM_RACY_ADD(hmi_large_cached_bytes, -size);
+      }
+    hm_unlock(&hmi_large_lock);
+    if (map == 0) return any;
+    hmi_os_munmap((void *)map, size);
+    any = true;
+  }
+}
+
 static bool publish(hm_large_t *h) {
   uintptr_t user = (uintptr_t)h + HM_LARGE_HEADER;
   return hmi_pagemap_set(hm_page_floor(user), 1, (uintptr_t)h | HM_PM_LARGE);
@@ -58,7 +142,14 @@ static void *large_alloc(size_t size, size_t align, bool guard) {
   if (size > PTRDIFF_MAX - HM_LARGE_HEADER - align - HM_PAGE) return NULL;
   size_t extra = align > HM_LARGE_HEADER ? align : 0;
   size_t map_size = hm_align_up(size + HM_LARGE_HEADER + extra, HM_PAGE) + (guard ? HM_PAGE : 0);
-  uintptr_t map = (uintptr_t)hmi_os_mmap(map_size);
+  uintptr_t map = 0;
+  bool recycled = false;
+  if (!guard && !extra) {
+    size_t got;
+    map = cache_take(map_size, &got);
+    if (map != 0) map_size = got, recycled = true;
+  }
+  if (map == 0) map = (uintptr_t)hmi_os_mmap(map_size);
   if (map == 0) return NULL;
   uintptr_t user = hm_align_up(map + HM_LARGE_HEADER, align);
   if (guard && !extra) /* end the block on the guard page: overruns fault at once */
@@ -76,6 +167,7 @@ static void *large_alloc(size_t size, size_t align, bool guard) {
   h->map = map;
   h->map_size = map_size;
   h->guard = guard ? HM_PAGE : 0;
+  h->recycled = recycled;
   h->check = large_check(h);
   if (guard) mprotect((void *)(map + map_size - HM_PAGE), HM_PAGE, PROT_NONE);
   if (!publish(h)) {
@@ -101,9 +193,10 @@ void hmi_large_free(hm_large_t *h) {
   uintptr_t map = h->map;
   size_t map_size = h->map_size;
   unlink_live(h);
+  bool keep = h->guard == 0;
   h->check = 0; /* a stale copy of the pointer no longer validates */
   hmi_pagemap_set(hm_page_floor((uintptr_t)h + HM_LARGE_HEADER), 1, HM_PM_FREED_LARGE);
-  hmi_os_munmap((void *)map, map_size);
+  if (!keep || !cache_put(map, map_size)) hmi_os_munmap((void *)map, map_size);
 }
 
 size_t hmi_large_usable(hm_large_t *h) {

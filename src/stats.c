@@ -38,19 +38,6 @@ void hmi_stats_fold(const hm_tstats_t *t) {
   __atomic_fetch_add(&hmi_global_stats[4], t->flushes, __ATOMIC_RELAXED);
 }
 
-/* ---- optional exact figures from the tiers ----
- * When the tiers provide these (see the report to the lead), the readings use them; until
- * then they are derived as well as possible.  Weak and hidden: absent means address 0. */
-#define HM_WEAK __attribute__((weak, visibility("hidden")))
-/* large.c: usable bytes of the live large blocks, under hmi_large_lock (over-aligned blocks
- * do not start their mapping, so map_size - header overstates them). */
-extern size_t hmi_large_usable_bytes HM_WEAK;
-/* span.c: bytes of the medium chunks that hold spans (a span's chunk may be 16 or 32 bytes
- * bigger than HM_SPAN_SIZE when the rest was too small to split off). */
-extern size_t hmi_span_chunk_bytes HM_WEAK;
-/* tcache.c: objects per class in the live thread caches, under hmi_registry_lock. */
-void hmi_tcache_class_counts(size_t counts[HM_CLASSES]) HM_WEAK;
-
 static inline uint32_t class_capacity(unsigned c) {
   return (uint32_t)((HM_SPAN_SIZE - HM_CHUNK_HEADER) / hmi_class_size[c]);
 }
@@ -66,20 +53,7 @@ static void raise_peak(size_t *peak, size_t v) {
  * registry is walked from the calling thread's own cache (a live cache is always on it). */
 static bool class_cached(size_t counts[HM_CLASSES]) {
   memset(counts, 0, sizeof(size_t) * HM_CLASSES);
-  if (hmi_tcache_class_counts != NULL) {
-    hmi_tcache_class_counts(counts);
-    return true;
-  }
-  if (hmi_tcache.state != HM_TC_LIVE) return false;
-  hm_lock(&hmi_registry_lock);
-  hm_tcache_t *tc = &hmi_tcache;
-  if (tc->state == HM_TC_LIVE) {
-    while (tc->prev != NULL) tc = tc->prev;
-    for (; tc != NULL; tc = tc->next)
-      for (unsigned c = 0; c < HM_CLASSES; c++)
-        counts[c] += hm_bin_count_racy(&tc->bins[c]);
-  }
-  hm_unlock(&hmi_registry_lock);
+  hmi_tcache_class_counts(counts);
   return true;
 }
 
@@ -176,7 +150,7 @@ void hmi_stats_snapshot(hms_snap_t *s) {
     s->ar.peak_mapped += r->peak_mapped;
   }
   size_t span_chunks = s->spans * HM_SPAN_SIZE;
-  if (&hmi_span_chunk_bytes != NULL) span_chunks = __atomic_load_n(&hmi_span_chunk_bytes, __ATOMIC_RELAXED);
+  span_chunks = __atomic_load_n(&hmi_span_chunk_bytes, __ATOMIC_RELAXED);
   size_t overhead = s->ar.in_use_chunks * HM_CHUNK_HEADER + span_chunks - s->spans * HM_CHUNK_HEADER;
   s->medium_in_use = s->ar.in_use > overhead ? s->ar.in_use - overhead : 0;
 
@@ -185,9 +159,8 @@ void hmi_stats_snapshot(hms_snap_t *s) {
   s->large_bytes = hmi_large_bytes;
   s->large_max_count = hmi_large_max_count;
   s->large_max_bytes = hmi_large_max_bytes;
-  s->large_usable = &hmi_large_usable_bytes != NULL
-                        ? hmi_large_usable_bytes
-                        : s->large_bytes - s->large_count * HM_LARGE_HEADER;
+  s->large_usable = hmi_large_usable_bytes;
+  s->large_cached = hmi_large_cached_bytes;
   hm_unlock(&hmi_large_lock);
 
   s->mmap_calls = __atomic_load_n(&hmi_os_mmap_calls, __ATOMIC_RELAXED);
@@ -196,7 +169,8 @@ void hmi_stats_snapshot(hms_snap_t *s) {
 
   hm_stats_t *o = &s->core;
   o->allocated = s->small_in_use + s->medium_in_use + s->large_usable;
-  o->mapped = s->ar.mapped + s->large_bytes;
+  o->mapped = s->ar.mapped + s->large_bytes + s->large_cached;
+  o->large_cached = s->large_cached;
   o->heap_free = s->ar.free_bytes;
   o->cached = s->small_free;
   o->large_count = s->large_count;
@@ -269,14 +243,10 @@ static size_t allocated_racy(void) {
     chunks += __atomic_load_n(&hmi_arenas[i]->in_use_chunks, __ATOMIC_RELAXED);
   }
   size_t span_chunks = spans * HM_SPAN_SIZE;
-  if (&hmi_span_chunk_bytes != NULL) span_chunks = __atomic_load_n(&hmi_span_chunk_bytes, __ATOMIC_RELAXED);
+  span_chunks = __atomic_load_n(&hmi_span_chunk_bytes, __ATOMIC_RELAXED);
   size_t overhead = chunks * HM_CHUNK_HEADER + span_chunks - spans * HM_CHUNK_HEADER;
   size_t medium = in_use > overhead ? in_use - overhead : 0;
-  size_t lcount = __atomic_load_n(&hmi_large_count, __ATOMIC_RELAXED);
-  size_t lbytes = __atomic_load_n(&hmi_large_bytes, __ATOMIC_RELAXED);
-  size_t large = &hmi_large_usable_bytes != NULL
-                     ? __atomic_load_n(&hmi_large_usable_bytes, __ATOMIC_RELAXED)
-                     : (lbytes > lcount * HM_LARGE_HEADER ? lbytes - lcount * HM_LARGE_HEADER : 0);
+  size_t large = __atomic_load_n(&hmi_large_usable_bytes, __ATOMIC_RELAXED);
   return small + medium + large;
 }
 
@@ -290,6 +260,7 @@ void hmi_stats_note_mapped(void) {
     mapped += m;
   }
   mapped += __atomic_load_n(&hmi_large_bytes, __ATOMIC_RELAXED);
+  mapped += __atomic_load_n(&hmi_large_cached_bytes, __ATOMIC_RELAXED);
   raise_peak(&peak_mapped, mapped);
   raise_peak(&peak_allocated, allocated_racy());
 }
@@ -427,7 +398,8 @@ static void print_snapshot(int fd, const hms_snap_t *s, size_t rss) {
       {s->small_in_use, s->small_free, s->span_bytes, 0, 0, 0, 0, 0, 0, 0},
       {s->medium_in_use, s->ar.free_bytes, s->ar.mapped, s->ar.seg_maps, s->ar.seg_unmaps,
        s->ar.brk_grows, s->ar.brk_trims, s->ar.splits, s->ar.coalesces, s->ar.searches},
-      {s->large_usable, s->large_bytes - s->large_usable, s->large_bytes, 0, 0, 0, 0, 0, 0, 0},
+      {s->large_usable, s->large_bytes - s->large_usable + s->large_cached,
+       s->large_bytes + s->large_cached, 0, 0, 0, 0, 0, 0, 0},
   };
   static const char *const names[] = {"small", "medium", "large"};
   for (unsigned t = 0; t < 3; t++) {

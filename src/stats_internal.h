@@ -36,6 +36,7 @@ typedef struct hms_snap_s {
   hms_arena_t arena[HM_MAX_ARENAS];
   hms_arena_t ar;       /* all arenas summed */
   size_t large_count, large_bytes, large_usable, large_max_count, large_max_bytes;
+  size_t large_cached;  /* freed mappings kept for reuse */
   hm_tstats_t threads;  /* live threads + dead threads */
   size_t cached_bytes;  /* bytes in thread caches */
   uint64_t mmap_calls, munmap_calls, mremap_calls;

@@ -18,8 +18,10 @@ size_t hmi_stats_json_snap(const hms_snap_t *s, char *buf, size_t len) {
   HMS_PUT(&o, "{\"version\":\"%s\",\"pid\":%d", HM_VERSION_STRING, (int)getpid());
   HMS_PUT(&o, ",\"allocated\":%llu,\"peak_allocated\":%llu,\"mapped\":%llu,\"peak_mapped\":%llu",
           U(c->allocated), U(c->peak_allocated), U(c->mapped), U(c->peak_mapped));
-  HMS_PUT(&o, ",\"heap_free\":%llu,\"cached\":%llu,\"large_count\":%llu,\"large_bytes\":%llu",
-          U(c->heap_free), U(c->cached), U(c->large_count), U(c->large_bytes));
+  HMS_PUT(&o, ",\"heap_free\":%llu,\"cached\":%llu,\"large_count\":%llu,\"large_bytes\":%llu,"
+              "\"large_cached\":%llu",
+          U(c->heap_free), U(c->cached), U(c->large_count), U(c->large_bytes),
+          U(c->large_cached));
   HMS_PUT(&o, ",\"malloc_count\":%llu,\"free_count\":%llu,\"realloc_count\":%llu",
           U(c->malloc_count), U(c->free_count), U(c->realloc_count));
   HMS_PUT(&o, ",\"mmap_count\":%llu,\"munmap_count\":%llu,\"mremap_count\":%llu",
@@ -48,7 +50,8 @@ size_t hmi_stats_json_snap(const hms_snap_t *s, char *buf, size_t len) {
   HMS_PUT(&o, ",\"large\":{\"in_use\":%llu,\"free\":%llu,\"mapped\":%llu,\"blocks\":%llu,"
               "\"peak_blocks\":%llu,\"peak_mapped\":%llu,\"mmap\":null,\"munmap\":null,"
               "\"brk_grow\":0,\"brk_trim\":0,\"splits\":0,\"coalesces\":0,\"searches\":0}}",
-          U(s->large_usable), U(s->large_bytes - s->large_usable), U(s->large_bytes),
+          U(s->large_usable), U(s->large_bytes - s->large_usable + s->large_cached),
+          U(s->large_bytes + s->large_cached),
           U(s->large_count), U(s->large_max_count), U(s->large_max_bytes));
   HMS_PUT(&o, ",\"os\":{\"mmap\":%llu,\"munmap\":%llu,\"mremap\":%llu}", U(s->mmap_calls),
           U(s->munmap_calls), U(s->mremap_calls));

@@ -204,6 +204,7 @@ typedef struct hm_large_s {
   uintptr_t check;     /* address of this header ^ map_size ^ hmi_secret */
   struct hm_large_s *next, *prev; /* every live large block, under hmi_large_lock */
   size_t guard;        /* bytes of PROT_NONE guard at the end of the mapping (HMALLOC_CHECK) */
+  size_t recycled;     /* the mapping came from the cache of freed ones: not zero-filled */
 } hm_large_t;
 
 /* ---- options (options.c) ---------------------------------------------------------------- */

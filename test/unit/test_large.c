@@ -16,7 +16,7 @@ static bool mapped(void *p) {
   return mincore((void *)hm_page_floor((uintptr_t)p), HM_PAGE, &v) == 0;
 }
 
-Test(large, own_mapping_unmapped_on_free) {
+Test(large, own_mapping_cached_on_free_and_unmapped_by_trim) {
   hmi_ensure_init();
   size_t count = hmi_large_count;
   char *p = malloc(1 << 20);
@@ -27,7 +27,28 @@ Test(large, own_mapping_unmapped_on_free) {
   memset(p, 1, malloc_usable_size(p));
   free(p);
   cr_assert_eq(hmi_large_count, count);
-  cr_assert_not(mapped(p), "the block's pages were unmapped");
+  cr_assert(mapped(p), "a freed mapping is kept for reuse");
+  cr_assert_geq(hmi_large_cached_bytes, 1 << 20);
+  cr_assert_eq(malloc_trim(0), 1);
+  cr_assert_eq(hmi_large_cached_bytes, 0);
+  cr_assert_not(mapped(p), "malloc_trim unmapped the kept mapping");
+}
+
+Test(large, freed_mapping_is_reused_and_calloc_still_zeroes_it) {
+  hmi_ensure_init();
+  unsigned char *p = malloc(600000);
+  memset(p, 0xee, 600000);
+  free(p);
+  uint64_t mmaps = hmi_os_mmap_calls;
+  unsigned char *q = calloc(1, 590000); /* fits the kept mapping with little to spare */
+  cr_assert_eq(q, p, "the kept mapping was reused");
+  cr_assert_eq(hmi_os_mmap_calls, mmaps, "without a new mmap");
+  for (size_t i = 0; i < 590000; i += 997) cr_assert_eq(q[i], 0, "byte %zu not zeroed", i);
+  free(q);
+  void *big = malloc(8 << 20); /* far bigger than anything kept: a new mapping */
+  cr_assert_neq(big, p);
+  free(big);
+  malloc_trim(0);
 }
 
 Test(large, threshold_boundary_and_mallopt) {
