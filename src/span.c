@@ -130,6 +130,14 @@ uint32_t hmi_span_take(unsigned cls, uint32_t want, void **head) {
   void *list = NULL;
   uint32_t n = 0;
   hm_lock(&c->lock);
+  if (want > 1 && c->xfer_n > 0) { /* a whole batch some thread gave back */
+    unsigned i = --c->xfer_n;
+    n = c->xfer_count[i];
+    *head = c->xfer_head[i]; /* before unlocking: the slot is free for others after */
+    HM_RACY_ADD(c->xfer_objects, -(size_t)n);
+    hm_unlock(&c->lock);
+    return n;
+  }
   while (n < want) {
     hm_span_t *s = c->partial;
     if (s == NULL) {
@@ -167,9 +175,9 @@ uint32_t hmi_span_take(unsigned cls, uint32_t want, void **head) {
   return n;
 }
 
-void hmi_span_give(unsigned cls, void *head, uint32_t n) {
-  hm_central_t *c = &hmi_central[cls];
-  hm_lock(&c->lock);
+/* Put a batch back into its spans.  Caller holds the central lock. */
+static void give_to_spans(hm_central_t *c, unsigned cls, void *head, uint32_t n) {
+  (void)cls; /* for the assertion */
   HM_RACY_ADD(c->free_slots, (size_t)n);
   while (head != NULL) {
     void *p = head;
@@ -192,7 +200,28 @@ void hmi_span_give(unsigned cls, void *head, uint32_t n) {
       partial_push(c, s);
     }
   }
+}
+
+void hmi_span_give(unsigned cls, void *head, uint32_t n) {
+  hm_central_t *c = &hmi_central[cls];
+  hm_lock(&c->lock);
+  if (n > 1 && c->xfer_n < HM_XFER_SLOTS) {
+    c->xfer_head[c->xfer_n] = head;
+    c->xfer_count[c->xfer_n++] = n;
+    HM_RACY_ADD(c->xfer_objects, (size_t)n);
+  } else {
+    give_to_spans(c, cls, head, n);
+  }
   hm_unlock(&c->lock);
+}
+
+/* Empty every transfer cache into the spans (malloc_trim: lets empty spans go back). */
+static void drain_transfers(hm_central_t *c, unsigned cls) {
+  while (c->xfer_n > 0) {
+    unsigned i = --c->xfer_n;
+    HM_RACY_ADD(c->xfer_objects, -(size_t)c->xfer_count[i]);
+    give_to_spans(c, cls, c->xfer_head[i], c->xfer_count[i]);
+  }
 }
 
 /* Is p on its span's free list?  (Double-free check, tcache.c: rare, so a walk is fine.) */
@@ -213,6 +242,7 @@ void hmi_span_release_empty(void) {
   for (unsigned cls = 0; cls < HM_CLASSES; cls++) {
     hm_central_t *c = &hmi_central[cls];
     hm_lock(&c->lock);
+    drain_transfers(c, cls);
     if (c->empty != NULL) {
       hm_span_t *s = c->empty;
       c->empty = NULL;

@@ -226,6 +226,8 @@ static size_t allocated_racy(void) {
       for (unsigned c = 0; c < HM_CLASSES; c++)
         cached += (size_t)hm_bin_count_racy(&tc->bins[c]) * hmi_class_size[c];
     hm_unlock(&hmi_registry_lock);
+    for (unsigned c = 0; c < HM_CLASSES; c++) /* transfer caches hold cached objects too */
+      cached += __atomic_load_n(&hmi_central[c].xfer_objects, __ATOMIC_RELAXED) * hmi_class_size[c];
     __atomic_store_n(&last_cached_bytes, cached, __ATOMIC_RELAXED);
   }
   size_t small = 0, spans = 0;

@@ -262,6 +262,8 @@ void hmi_tcache_sum(hm_tstats_t *out, size_t *cached) {
       bytes += (size_t)hm_bin_count_racy(&tc->bins[c]) * hmi_class_size[c];
   }
   hm_unlock(&hmi_registry_lock);
+  for (unsigned c = 0; c < HM_CLASSES; c++)
+    bytes += __atomic_load_n(&hmi_central[c].xfer_objects, __ATOMIC_RELAXED) * hmi_class_size[c];
   if (cached) *cached = bytes;
 }
 
@@ -278,6 +280,8 @@ void hmi_tcache_after_fork_child(void) {
 
 /* Objects of each class held in live thread caches, added to counts[] (stats). */
 void hmi_tcache_class_counts(size_t counts[HM_CLASSES]) {
+  for (unsigned c = 0; c < HM_CLASSES; c++) /* objects in transfer caches are cached too */
+    counts[c] += __atomic_load_n(&hmi_central[c].xfer_objects, __ATOMIC_RELAXED);
   hm_lock(&hmi_registry_lock);
   for (hm_tcache_t *tc = registry; tc; tc = tc->next)
     for (unsigned c = 0; c < HM_CLASSES; c++) counts[c] += hm_bin_count_racy(&tc->bins[c]);

@@ -44,6 +44,7 @@
 #define HM_DEFAULT_TRIM_THRESHOLD ((size_t)128 << 10)
 #define HM_MAX_MMAP_THRESHOLD ((size_t)32 << 20)
 #define HM_DEFAULT_TCACHE_MAX ((size_t)256 << 10)
+#define HM_XFER_SLOTS 4                 /* batches a class's transfer cache holds */
 
 /* ---- page map entries -------------------------------------------------------------------
  * 0                        not hmalloc's page
@@ -91,6 +92,13 @@ typedef struct hm_central_s {
   hm_span_t *empty;       /* one fully free span kept to avoid span churn (or NULL) */
   uint64_t spans_made;    /* spans carved for this class, ever */
   uint64_t spans_released;/* spans given back to the medium heap, ever */
+  /* Transfer cache: whole batches flushed by one thread, handed as they are to the next
+   * refill, so neither side walks the objects (they are cold, often in another core's
+   * cache).  Objects here count as used by their spans and as cached in the statistics. */
+  uint32_t xfer_n;                /* batches held */
+  size_t xfer_objects;            /* objects in them */
+  void *xfer_head[HM_XFER_SLOTS]; /* safe-linked lists, NULL-terminated */
+  uint32_t xfer_count[HM_XFER_SLOTS];
 } __attribute__((aligned(64))) hm_central_t;
 
 /* Per-thread, per-class free list: popped and pushed with no lock and no atomic.

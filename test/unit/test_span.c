@@ -100,3 +100,27 @@ Test(span, exiting_thread_gives_its_cache_back) {
   (void)tc_addr;
   (void)s;
 }
+
+Test(span, flushed_batches_go_through_the_transfer_cache) {
+  hmi_ensure_init();
+  unsigned cls = hmi_size_class(200);
+  hm_central_t *c = &hmi_central[cls];
+  static void *p[3000];
+  for (int i = 0; i < 3000; i++) p[i] = malloc(200);
+  for (int i = 0; i < 3000; i++) free(p[i]); /* flushes whole batches */
+  cr_assert_gt(c->xfer_n, 0, "a flushed batch is kept whole");
+  cr_assert_gt(c->xfer_objects, 0);
+  uint32_t held = c->xfer_n;
+  /* empty this thread's list, then a refill takes a whole batch back */
+  hm_tcache_t *tc = &hmi_tcache;
+  static void *q[3000];
+  uint32_t cached = hm_bin_count(&tc->bins[cls]);
+  for (uint32_t i = 0; i <= cached; i++) q[i] = malloc(200);
+  cr_assert_eq(c->xfer_n, held - 1, "the refill took one batch");
+  for (uint32_t i = 0; i <= cached; i++) free(q[i]);
+  cr_assert_eq(hm_heap_check(), 0);
+  malloc_trim(0);
+  cr_assert_eq(c->xfer_n, 0, "malloc_trim drains the transfer cache into the spans");
+  cr_assert_eq(c->xfer_objects, 0);
+  cr_assert_eq(hm_heap_check(), 0);
+}
