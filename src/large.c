@@ -50,11 +50,12 @@ static void unlink_live(hm_large_t *h) {
 /* ---- cache of freed mappings ----
  * An mmap and munmap per block cost microseconds, and every page of a fresh mapping faults
  * when first touched: a program that allocates and frees large buffers in a loop pays that
- * each time (mimalloc#447).  Up to CACHE_SLOTS freed mappings, CACHE_BYTES in all, are kept
- * and handed to a later request that they fit with at most a quarter to spare; the oldest
- * go first when the cache is full, and malloc_trim empties it.  Under hmi_large_lock. */
-#define CACHE_SLOTS 8
-#define CACHE_BYTES ((size_t)32 << 20)
+ * each time (mimalloc#447).  Up to CACHE_SLOTS freed mappings, CACHE_BYTES in all, are kept;
+ * a later request takes the smallest that fits and gives back (munmap) any tail beyond an
+ * eighth to spare: a syscall, but no page faults for the pages it keeps.  The oldest go
+ * first when the cache is full, and malloc_trim empties it.  Under hmi_large_lock. */
+#define CACHE_SLOTS 16
+#define CACHE_BYTES ((size_t)64 << 20)
 static struct {
   uintptr_t map;
   size_t size;
@@ -67,8 +68,7 @@ static uintptr_t cache_take(size_t need, size_t *got) {
   int best = -1;
   hm_lock(&hmi_large_lock);
   for (int i = 0; i < CACHE_SLOTS; i++)
-    if (cache[i].map && cache[i].size >= need && cache[i].size - need <= need / 4 &&
-        (best < 0 || cache[i].size < cache[best].size))
+    if (cache[i].map && cache[i].size >= need && (best < 0 || cache[i].size < cache[best].size))
       best = i;
   uintptr_t map = 0;
   if (best >= 0) {
@@ -78,12 +78,16 @@ static uintptr_t cache_take(size_t need, size_t *got) {
     HM_RACY_ADD(hmi_large_cached_bytes, -*got);
   }
   hm_unlock(&hmi_large_lock);
+  if (map != 0 && *got - need > need / 8 && *got - need >= ((size_t)64 << 10)) {
+    hmi_os_munmap((void *)(map + need), *got - need);
+    *got = need;
+  }
   return map;
 }
 
 /* Keep a freed mapping; false if it is too big to keep (the caller unmaps it). */
 static bool cache_put(uintptr_t map, size_t size) {
-  if (size > CACHE_BYTES / 4) return false;
+  if (size > CACHE_BYTES / 2) return false;
   struct { uintptr_t map; size_t size; } evicted[CACHE_SLOTS];
   int n_evicted = 0;
   hm_lock(&hmi_large_lock);
