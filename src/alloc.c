@@ -42,7 +42,8 @@ void *hmi_alloc_big(size_t size) {
   if (HM_UNLIKELY(size > PTRDIFF_MAX)) goto fail;
   if (HM_UNLIKELY(hmi_check_mode)) p = hmi_check_alloc(size, HM_ALIGN);
   else if (size >= hmi_options.mmap_threshold) p = hmi_large_alloc(size, HM_ALIGN);
-  else p = hmi_arena_alloc(hmi_arena_pick(), size, HM_ALIGN);
+  else if (size <= HM_MCACHE_MAX && (p = hmi_mcache_pop(size)) != NULL) { /* no lock */ }
+  else p = hmi_arena_alloc(hmi_arena_pick(), size <= HM_MCACHE_MAX ? hmi_mclass_size(hmi_mclass(size)) : size, HM_ALIGN);
   if (p == NULL) goto fail;
   HM_RACY_ADD(hmi_tcache.stats.malloc_count, 1);
   if (HM_UNLIKELY(hmi_hooks_on)) hmi_hook_alloc(p, size);
@@ -66,7 +67,7 @@ void hmi_free_slow(void *p, hm_pmentry_t e, const char *caller) {
   if (HM_UNLIKELY(hmi_hooks_on) && (e & (HM_PM_MEDIUM | HM_PM_LARGE)))
     hmi_hook_free(p, hmi_usable(p, caller));
   if (e & HM_PM_MEDIUM) {
-    hmi_arena_free(p, HM_PM_PTR(e));
+    if (!hmi_mcache_push(p, HM_PM_PTR(e))) hmi_arena_free(p, HM_PM_PTR(e));
   } else if (e & HM_PM_LARGE) {
     hm_large_t *h = hmi_large_of(p, e);
     if (h == NULL) hmi_invalid_pointer(caller, p);
@@ -294,6 +295,7 @@ HM_API size_t hm_malloc_usable_size(void *p) {
 
 HM_API int hm_malloc_trim(size_t pad) {
   hmi_ensure_init();
+  if (hmi_tcache.state == HM_TC_LIVE) hmi_mcache_flush(&hmi_tcache);
   hmi_span_release_empty();
   int released = hmi_large_cache_flush() ? 1 : 0;
   for (unsigned i = 0; i < hmi_arena_count; i++)

@@ -153,6 +153,19 @@ void hmi_tcache_free_slow(void *p, unsigned cls);
 void hmi_tcache_init_process(void);
 void hmi_tcache_sum(hm_tstats_t *out, size_t *cached_bytes);
 void hmi_tcache_class_counts(size_t counts[HM_CLASSES]);
+/* Medium cache (tcache.c): a request of size (HM_SMALL_MAX, HM_MCACHE_MAX] is rounded up to a
+ * medium class so its block can be reused whole. */
+static inline unsigned hmi_mclass(size_t size) {
+  unsigned lg = 63u - (unsigned)__builtin_clzl(size - 1); /* 12 .. 14 */
+  return (lg - 12u) * 8u + ((unsigned)((size - 1) >> (lg - 3)) & 7u);
+}
+static inline size_t hmi_mclass_size(unsigned m) {
+  return (size_t)(9u + (m & 7u)) << (m / 8u + 9u);
+}
+void *hmi_mcache_pop(size_t size);
+bool hmi_mcache_push(void *p, hm_segment_t *seg);
+void hmi_mcache_flush(hm_tcache_t *tc);
+size_t hmi_tcache_medium_cached(void);
 void hmi_tcache_class_stats(uint64_t mallocs[HM_CLASSES], uint64_t frees[HM_CLASSES],
                             uint64_t refills[HM_CLASSES], uint64_t flushes[HM_CLASSES]);
 extern hm_lock_t hmi_registry_lock;

@@ -152,7 +152,10 @@ void hmi_stats_snapshot(hms_snap_t *s) {
   size_t span_chunks = s->spans * HM_SPAN_SIZE;
   span_chunks = __atomic_load_n(&hmi_span_chunk_bytes, __ATOMIC_RELAXED);
   size_t overhead = s->ar.in_use_chunks * HM_CHUNK_HEADER + span_chunks - s->spans * HM_CHUNK_HEADER;
+  size_t mcached = hmi_tcache_medium_cached(); /* kept whole by thread caches */
+  overhead += mcached;
   s->medium_in_use = s->ar.in_use > overhead ? s->ar.in_use - overhead : 0;
+  s->medium_cached = mcached;
 
   hm_lock(&hmi_large_lock);
   s->large_count = hmi_large_count;
@@ -172,7 +175,7 @@ void hmi_stats_snapshot(hms_snap_t *s) {
   o->mapped = s->ar.mapped + s->large_bytes + s->large_cached;
   o->large_cached = s->large_cached;
   o->heap_free = s->ar.free_bytes;
-  o->cached = s->small_free;
+  o->cached = s->small_free + s->medium_cached;
   o->large_count = s->large_count;
   o->large_bytes = s->large_bytes;
   o->malloc_count = s->threads.malloc_count;
@@ -497,7 +500,7 @@ HM_API struct mallinfo2 hm_mallinfo2(void) {
   mi.hblkhd = s.large_bytes;           /* bytes in mmap'ed blocks */
   mi.usmblks = 0;                      /* always 0, as in glibc */
   mi.fsmblks = s.small_free;           /* bytes in free small objects */
-  mi.fordblks = s.ar.free_bytes + s.small_free; /* free bytes inside the heap */
+  mi.fordblks = s.ar.free_bytes + s.small_free + s.medium_cached; /* free inside the heap */
   /* everything else in the heap is in use (headers and span tails included), so that
    * arena == uordblks + fordblks as in glibc */
   mi.uordblks = mi.arena > mi.fordblks ? mi.arena - mi.fordblks : 0;

@@ -44,6 +44,7 @@ typedef struct hms_snap_s {
   size_t spans, span_bytes;
   size_t small_in_use, small_free, small_free_objects;
   size_t medium_in_use;
+  size_t medium_cached; /* medium blocks held by thread caches */
   hm_stats_t core;      /* what hm_stats_get returns (peaks updated) */
 } hms_snap_t;
 

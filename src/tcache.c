@@ -111,6 +111,7 @@ void hmi_tcache_sync_hooks(void) {
   hm_tcache_t *tc = &hmi_tcache;
   bool want = __atomic_load_n(&hmi_hooks_on, __ATOMIC_ACQUIRE) != 0;
   if (tc->state != HM_TC_LIVE || want == (tc->hooked != 0)) return;
+  if (want) hmi_mcache_flush(tc);
   for (unsigned c = 0; c < HM_CLASSES; c++) {
     hm_bin_t *b = &tc->bins[c];
     if (want) flush(tc, c, hm_bin_count(b));
@@ -144,8 +145,10 @@ static size_t cached_bytes(const hm_tcache_t *tc) {
   return bytes;
 }
 
-/* Keep the whole cache under its byte cap: halve every list while it is over. */
+/* Keep the whole cache under its byte cap: halve every list while it is over (the medium
+ * cache, which holds few big blocks, is emptied first). */
 static void enforce_cap(hm_tcache_t *tc) {
+  if (cached_bytes(tc) + tc->mcache_bytes > tc->bytes_cap) hmi_mcache_flush(tc);
   while (cached_bytes(tc) > tc->bytes_cap) {
     for (unsigned c = 0; c < HM_CLASSES; c++)
       flush(tc, c, (hm_bin_count(&tc->bins[c]) + 1) / 2);
@@ -224,9 +227,78 @@ void hmi_free_marked(void *p, unsigned cls) {
   if (b->space < 0) hmi_tcache_free_slow(p, cls);
 }
 
+/* ---- medium cache ---- */
+
+/* A cached medium block for a request of `size`, or NULL. */
+void *hmi_mcache_pop(size_t size) {
+  hm_tcache_t *tc = &hmi_tcache;
+  unsigned m = hmi_mclass(size);
+  void *p = tc->mcache[m];
+  if (p == NULL) return NULL;
+  tc->mcache[m] = hmi_next_checked(p);
+  ((uintptr_t *)p)[1] = 0;
+  tc->mcache_count[m]--;
+  HM_RACY_ADD(tc->mcache_bytes, -hmi_mclass_size(m));
+  return p;
+}
+
+/* Keep a freed medium block (p, validated by the caller's page-map lookup only) if it is of
+ * a medium class and there is room; false if the caller must free it to its arena.  A block
+ * already here is a double free. */
+bool hmi_mcache_push(void *p, hm_segment_t *seg) {
+  hm_tcache_t *tc = &hmi_tcache;
+  if (tc->state != HM_TC_LIVE || tc->hooked) return false;
+  hm_chunk_t *c = hmi_arena_chunk_of(p, seg);
+  if (c == NULL) return false; /* hmi_arena_free reports it */
+  size_t flags = __atomic_load_n(&c->size_flags, __ATOMIC_RELAXED);
+  if (!(flags & HM_CH_INUSE)) return false; /* hmi_arena_free reports the double free */
+  size_t usable = (flags & ~HM_CH_FLAGS) - HM_CHUNK_HEADER;
+  if (usable <= HM_SMALL_MAX || usable > HM_MCACHE_MAX) return false; /* aligned blocks */
+  unsigned m = hmi_mclass(usable);
+  if (hmi_mclass_size(m) != usable) return false; /* resized or aligned: not a class size */
+  if (((uintptr_t *)p)[1] == tc->free_mark) {
+    for (void *q = tc->mcache[m]; q != NULL; q = hmi_next_checked(q))
+      if (q == p) hmi_fatal("hmalloc: free(): double free %p\n", p);
+  }
+  if (tc->mcache_count[m] >= HM_MCACHE_DEPTH ||
+      tc->mcache_bytes + usable > tc->bytes_cap / 2)
+    return false;
+  *(void **)p = hmi_link(tc->mcache[m], p);
+  ((uintptr_t *)p)[1] = tc->free_mark;
+  tc->mcache[m] = p;
+  tc->mcache_count[m]++;
+  HM_RACY_ADD(tc->mcache_bytes, usable);
+  return true;
+}
+
+/* Give every cached medium block back to its arena. */
+void hmi_mcache_flush(hm_tcache_t *tc) {
+  for (unsigned m = 0; m < HM_MCLASSES; m++) {
+    while (tc->mcache[m] != NULL) {
+      void *p = tc->mcache[m];
+      tc->mcache[m] = hmi_next_checked(p);
+      ((uintptr_t *)p)[1] = 0;
+      tc->mcache_count[m]--;
+      HM_RACY_ADD(tc->mcache_bytes, -hmi_mclass_size(m));
+      hmi_arena_free(p, HM_PM_PTR(hmi_pagemap_get((uintptr_t)p)));
+    }
+  }
+}
+
+/* Usable bytes held in the medium caches of live threads (stats). */
+size_t hmi_tcache_medium_cached(void) {
+  size_t bytes = 0;
+  hm_lock(&hmi_registry_lock);
+  for (hm_tcache_t *tc = registry; tc; tc = tc->next)
+    bytes += __atomic_load_n(&tc->mcache_bytes, __ATOMIC_RELAXED);
+  hm_unlock(&hmi_registry_lock);
+  return bytes;
+}
+
 static void thread_exit(void *arg) {
   hm_tcache_t *tc = arg;
   if (tc != &hmi_tcache || tc->state != HM_TC_LIVE) return;
+  hmi_mcache_flush(tc);
   for (unsigned c = 0; c < HM_CLASSES; c++) {
     flush(tc, c, hm_bin_count(&tc->bins[c]));
     HM_RACY_SET(tc->bins[c].limit, 0);

@@ -45,6 +45,9 @@
 #define HM_MAX_MMAP_THRESHOLD ((size_t)32 << 20)
 #define HM_DEFAULT_TCACHE_MAX ((size_t)256 << 10)
 #define HM_XFER_SLOTS 4                 /* batches a class's transfer cache holds */
+#define HM_MCACHE_MAX ((size_t)32 << 10) /* medium blocks up to this size are cached per thread */
+#define HM_MCLASSES 24                  /* their classes: 8 per power of two, 4 KiB to 32 KiB */
+#define HM_MCACHE_DEPTH 4               /* blocks one medium class may hold per thread */
 
 /* ---- page map entries -------------------------------------------------------------------
  * 0                        not hmalloc's page
@@ -141,6 +144,12 @@ typedef struct hm_tcache_s {
   uintptr_t free_mark; /* thread pointer without a global load; 0 until set-up */
   hm_bin_t bins[HM_CLASSES];
   hm_tstats_t stats;
+  /* Medium blocks of up to HM_MCACHE_MAX bytes, kept whole per thread (still in use for
+   * their arena), so a malloc/free pair of a medium size takes no lock.  Linked like the
+   * small lists (safe-linking, free mark in the second word). */
+  void *mcache[HM_MCLASSES];
+  uint8_t mcache_count[HM_MCLASSES];
+  size_t mcache_bytes;           /* usable bytes held in mcache */
   uint8_t state;                 /* HM_TC_NEW, HM_TC_LIVE, HM_TC_DEAD */
   uint8_t hooked;                /* limits held at 0 so every call reaches the hooks */
   uint8_t in_hook;               /* inside a hook (or realloc): report nothing */

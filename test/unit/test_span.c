@@ -124,3 +124,24 @@ Test(span, flushed_batches_go_through_the_transfer_cache) {
   cr_assert_eq(c->xfer_objects, 0);
   cr_assert_eq(hm_heap_check(), 0);
 }
+
+Test(span, medium_blocks_are_cached_whole_per_thread) {
+  free(malloc(16)); /* set the thread cache up */
+  hm_tcache_t *tc = &hmi_tcache;
+  void *p = malloc(20000);
+  size_t usable = malloc_usable_size(p);
+  cr_assert_eq(usable, hmi_mclass_size(hmi_mclass(20000)), "rounded to its class");
+  hm_arena_t *a = ((hm_segment_t *)HM_PM_PTR(hmi_pagemap_get((uintptr_t)p)))->arena;
+  size_t chunks = a->in_use_chunks;
+  free(p);
+  cr_assert_eq(tc->mcache_bytes, usable);
+  cr_assert_eq(a->in_use_chunks, chunks, "kept by the thread, not given back to the arena");
+  void *q = malloc(19000); /* same class */
+  cr_assert_eq(q, p, "reused whole");
+  cr_assert_eq(tc->mcache_bytes, 0);
+  free(q);
+  malloc_trim(0);
+  cr_assert_eq(tc->mcache_bytes, 0, "malloc_trim empties this thread's medium cache");
+  cr_assert_eq(a->in_use_chunks, chunks - 1);
+  cr_assert_eq(hm_heap_check(), 0);
+}
