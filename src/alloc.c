@@ -314,7 +314,13 @@ HM_API int hm_mallopt(int param, int value) {
     case M_TRIM_THRESHOLD:
       hmi_options.trim_threshold = value < 0 ? SIZE_MAX : (size_t)value;
       return 1;
-    case M_TOP_PAD: case M_MMAP_MAX: case M_ARENA_MAX: case M_ARENA_TEST:
+    case M_ARENA_MAX: /* arenas threads started from now on are spread over */
+      if (value < 1) return 0;
+      __atomic_store_n(&hmi_options.arenas,
+                       (unsigned)value < hmi_arena_count ? (unsigned)value : hmi_arena_count,
+                       __ATOMIC_RELAXED);
+      return 1;
+    case M_TOP_PAD: case M_MMAP_MAX: case M_ARENA_TEST:
     case M_PERTURB: case M_CHECK_ACTION: case M_MXFAST:
       return 1; /* accepted for compatibility; hmalloc has no such knob */
     default:

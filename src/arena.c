@@ -648,9 +648,13 @@ hm_arena_t *hmi_arena_pick(void) {
   return i < hmi_arena_count ? hmi_arenas[i] : &hmi_main_arena;
 }
 
+/* Threads are spread over the first hmi_options.arenas arenas (mallopt(M_ARENA_MAX) may
+ * lower that at run time; it cannot exceed those created at start-up). */
 unsigned hmi_arena_assign(void) {
   static unsigned next;
-  return __atomic_fetch_add(&next, 1, __ATOMIC_RELAXED) % hmi_arena_count;
+  unsigned n = __atomic_load_n(&hmi_options.arenas, __ATOMIC_RELAXED);
+  if (n == 0 || n > hmi_arena_count) n = hmi_arena_count;
+  return __atomic_fetch_add(&next, 1, __ATOMIC_RELAXED) % n;
 }
 
 void hmi_arena_lock_all(void) {

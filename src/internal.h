@@ -182,6 +182,7 @@ extern size_t hmi_large_count, hmi_large_bytes;      /* under hmi_large_lock */
 extern size_t hmi_large_max_count, hmi_large_max_bytes; /* peaks, under hmi_large_lock */
 extern size_t hmi_large_usable_bytes;                 /* under hmi_large_lock */
 extern size_t hmi_large_cached_bytes;                 /* freed mappings kept for reuse */
+extern uint64_t hmi_large_maps, hmi_large_unmaps;     /* atomic */
 bool hmi_large_cache_flush(void);
 /* A large block whose memory is known to be zero (a fresh mapping). */
 static inline bool hmi_large_fresh(const hm_large_t *h) { return !h->recycled; }

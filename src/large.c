@@ -63,6 +63,17 @@ static struct {
 } cache[CACHE_SLOTS];
 static uint64_t cache_clock;
 size_t hmi_large_cached_bytes;
+uint64_t hmi_large_maps, hmi_large_unmaps; /* system calls made for large blocks (stats) */
+
+static void *large_mmap(size_t size) {
+  __atomic_fetch_add(&hmi_large_maps, 1, __ATOMIC_RELAXED);
+  return hmi_os_mmap(size);
+}
+
+static void large_munmap(void *p, size_t size) {
+  __atomic_fetch_add(&hmi_large_unmaps, 1, __ATOMIC_RELAXED);
+  hmi_os_munmap(p, size);
+}
 
 static uintptr_t cache_take(size_t need, size_t *got) {
   int best = -1;
@@ -79,7 +90,7 @@ static uintptr_t cache_take(size_t need, size_t *got) {
   }
   hm_unlock(&hmi_large_lock);
   if (map != 0 && *got - need > need / 8 && *got - need >= ((size_t)64 << 10)) {
-    hmi_os_munmap((void *)(map + need), *got - need);
+    large_munmap((void *)(map + need), *got - need);
     *got = need;
   }
   return map;
@@ -110,7 +121,7 @@ static bool cache_put(uintptr_t map, size_t size) {
     cache[oldest].map = 0;
   }
   hm_unlock(&hmi_large_lock);
-  for (int i = 0; i < n_evicted; i++) hmi_os_munmap((void *)evicted[i].map, evicted[i].size);
+  for (int i = 0; i < n_evicted; i++) large_munmap((void *)evicted[i].map, evicted[i].size);
   return true;
 }
 
@@ -130,7 +141,7 @@ bool hmi_large_cache_flush(void) {
       }
     hm_unlock(&hmi_large_lock);
     if (map == 0) return any;
-    hmi_os_munmap((void *)map, size);
+    large_munmap((void *)map, size);
     any = true;
   }
 }
@@ -153,7 +164,7 @@ static void *large_alloc(size_t size, size_t align, bool guard) {
     map = cache_take(map_size, &got);
     if (map != 0) map_size = got, recycled = true;
   }
-  if (map == 0) map = (uintptr_t)hmi_os_mmap(map_size);
+  if (map == 0) map = (uintptr_t)large_mmap(map_size);
   if (map == 0) return NULL;
   uintptr_t user = hm_align_up(map + HM_LARGE_HEADER, align);
   if (guard && !extra) /* end the block on the guard page: overruns fault at once */
@@ -163,8 +174,8 @@ static void *large_alloc(size_t size, size_t align, bool guard) {
   if (extra) { /* give back the head and tail that alignment did not need */
     uintptr_t keep_start = hm_page_floor((uintptr_t)h);
     uintptr_t keep_end = hm_align_up(user + size, HM_PAGE) + (guard ? HM_PAGE : 0);
-    if (keep_start > map) hmi_os_munmap((void *)map, keep_start - map);
-    if (map + map_size > keep_end) hmi_os_munmap((void *)keep_end, map + map_size - keep_end);
+    if (keep_start > map) large_munmap((void *)map, keep_start - map);
+    if (map + map_size > keep_end) large_munmap((void *)keep_end, map + map_size - keep_end);
     map = keep_start;
     map_size = keep_end - keep_start;
   }
@@ -175,7 +186,7 @@ static void *large_alloc(size_t size, size_t align, bool guard) {
   h->check = large_check(h);
   if (guard) mprotect((void *)(map + map_size - HM_PAGE), HM_PAGE, PROT_NONE);
   if (!publish(h)) {
-    hmi_os_munmap((void *)map, map_size);
+    large_munmap((void *)map, map_size);
     return NULL;
   }
   link_live(h);
@@ -200,7 +211,7 @@ void hmi_large_free(hm_large_t *h) {
   bool keep = h->guard == 0;
   h->check = 0; /* a stale copy of the pointer no longer validates */
   hmi_pagemap_set(hm_page_floor((uintptr_t)h + HM_LARGE_HEADER), 1, HM_PM_FREED_LARGE);
-  if (!keep || !cache_put(map, map_size)) hmi_os_munmap((void *)map, map_size);
+  if (!keep || !cache_put(map, map_size)) large_munmap((void *)map, map_size);
 }
 
 size_t hmi_large_usable(hm_large_t *h) {

@@ -164,6 +164,8 @@ void hmi_stats_snapshot(hms_snap_t *s) {
   s->large_max_bytes = hmi_large_max_bytes;
   s->large_usable = hmi_large_usable_bytes;
   s->large_cached = hmi_large_cached_bytes;
+  s->large_maps = __atomic_load_n(&hmi_large_maps, __ATOMIC_RELAXED);
+  s->large_unmaps = __atomic_load_n(&hmi_large_unmaps, __ATOMIC_RELAXED);
   hm_unlock(&hmi_large_lock);
 
   s->mmap_calls = __atomic_load_n(&hmi_os_mmap_calls, __ATOMIC_RELAXED);
@@ -404,7 +406,7 @@ static void print_snapshot(int fd, const hms_snap_t *s, size_t rss) {
       {s->medium_in_use, s->ar.free_bytes, s->ar.mapped, s->ar.seg_maps, s->ar.seg_unmaps,
        s->ar.brk_grows, s->ar.brk_trims, s->ar.splits, s->ar.coalesces, s->ar.searches},
       {s->large_usable, s->large_bytes - s->large_usable + s->large_cached,
-       s->large_bytes + s->large_cached, 0, 0, 0, 0, 0, 0, 0},
+       s->large_bytes + s->large_cached, s->large_maps, s->large_unmaps, 0, 0, 0, 0, 0},
   };
   static const char *const names[] = {"small", "medium", "large"};
   for (unsigned t = 0; t < 3; t++) {

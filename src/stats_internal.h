@@ -37,6 +37,7 @@ typedef struct hms_snap_s {
   hms_arena_t ar;       /* all arenas summed */
   size_t large_count, large_bytes, large_usable, large_max_count, large_max_bytes;
   size_t large_cached;  /* freed mappings kept for reuse */
+  uint64_t large_maps, large_unmaps; /* mmap and munmap calls of the large tier */
   hm_tstats_t threads;  /* live threads + dead threads */
   size_t cached_bytes;  /* bytes in thread caches */
   uint64_t mmap_calls, munmap_calls, mremap_calls;

@@ -48,11 +48,13 @@ size_t hmi_stats_json_snap(const hms_snap_t *s, char *buf, size_t len) {
           U(s->ar.splits), U(s->ar.coalesces), U(s->ar.searches), U(s->ar.free_chunks),
           U(s->ar.in_use_chunks), U(s->arena[0].top_free));
   HMS_PUT(&o, ",\"large\":{\"in_use\":%llu,\"free\":%llu,\"mapped\":%llu,\"blocks\":%llu,"
-              "\"peak_blocks\":%llu,\"peak_mapped\":%llu,\"mmap\":null,\"munmap\":null,"
-              "\"brk_grow\":0,\"brk_trim\":0,\"splits\":0,\"coalesces\":0,\"searches\":0}}",
+              "\"peak_blocks\":%llu,\"peak_mapped\":%llu,\"mmap\":%llu,\"munmap\":%llu,"
+              "\"cached\":%llu,\"brk_grow\":0,\"brk_trim\":0,\"splits\":0,\"coalesces\":0,"
+              "\"searches\":0}}",
           U(s->large_usable), U(s->large_bytes - s->large_usable + s->large_cached),
           U(s->large_bytes + s->large_cached),
-          U(s->large_count), U(s->large_max_count), U(s->large_max_bytes));
+          U(s->large_count), U(s->large_max_count), U(s->large_max_bytes), U(s->large_maps),
+          U(s->large_unmaps), U(s->large_cached));
   HMS_PUT(&o, ",\"os\":{\"mmap\":%llu,\"munmap\":%llu,\"mremap\":%llu}", U(s->mmap_calls),
           U(s->munmap_calls), U(s->mremap_calls));
 
