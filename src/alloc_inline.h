@@ -25,7 +25,9 @@ static inline __attribute__((always_inline)) void *hm_alloc_raw(size_t size) {
     void *p = b->head;
     if (HM_LIKELY(p != NULL)) {
       b->head = hmi_next_checked_k(p, tc->list_key);
+#ifndef HM_NO_HARDENING
       ((uintptr_t *)p)[1] = 0; /* no longer marked free */
+#endif
       HM_RACY_ADD(b->space, 1);
       HM_RACY_ADD(tc->stats.class_malloc[cls], 1);
       return p;
@@ -47,13 +49,17 @@ static inline __attribute__((always_inline)) void hm_free_raw(void *p, const cha
     if (HM_LIKELY(idx < __atomic_load_n(&s->bump, __ATOMIC_RELAXED))) {
       unsigned cls = s->cls;
       hm_tcache_t *tc = &hmi_tcache;
+#ifndef HM_NO_HARDENING
       if (HM_UNLIKELY(((uintptr_t *)p)[1] == tc->free_mark)) {
         hmi_free_marked(p, cls); /* a double free, user data that looks like the mark, or */
         return;                  /* a thread whose cache is not set up yet (mark 0) */
       }
+#endif
       hm_bin_t *b = &tc->bins[cls];
       *(void **)p = hmi_link_k(b->head, p, tc->list_key);
+#ifndef HM_NO_HARDENING
       ((uintptr_t *)p)[1] = tc->free_mark;
+#endif
       b->head = p;
       HM_RACY_ADD(tc->stats.class_free[cls], 1);
       int32_t space = b->space - 1;

@@ -92,15 +92,26 @@ static inline uint32_t hmi_class_index(uint32_t offset, unsigned cls) {
  * alignment check.  Its second word holds hmi_free_mark while it is free: a free of an object
  * carrying the mark is checked for a double free (tcache.c). */
 extern uintptr_t hmi_list_key, hmi_free_mark;
+#ifndef HM_NO_HARDENING
 static inline void *hmi_link_k(void *next, void *at, uintptr_t key) {
   return (void *)((uintptr_t)next ^ ((uintptr_t)at >> 12) ^ key);
 }
+#define HM_FREE_MARK(tc) ((tc)->free_mark)
+#else /* -Dhardening=false: plain links, no free mark (only to measure what they cost) */
+static inline void *hmi_link_k(void *next, void *at, uintptr_t key) {
+  (void)at, (void)key;
+  return next;
+}
+#define HM_FREE_MARK(tc) ((uintptr_t)0xF5EEF5EEF5EEF5EEull) /* never stored */
+#endif
 static inline void *hmi_link(void *next, void *at) { return hmi_link_k(next, at, hmi_list_key); }
 static inline void *hmi_unlink_next(void *at) { return hmi_link(*(void **)at, at); }
 HM_COLD __attribute__((noreturn)) void hmi_corrupt_list(void *at);
 static inline void *hmi_next_checked_k(void *at, uintptr_t key) {
   void *next = hmi_link_k(*(void **)at, at, key);
+#ifndef HM_NO_HARDENING
   if (HM_UNLIKELY(((uintptr_t)next & (HM_ALIGN - 1)) != 0)) hmi_corrupt_list(at);
+#endif
   return next;
 }
 static inline void *hmi_next_checked(void *at) { return hmi_next_checked_k(at, hmi_list_key); }
