@@ -26,18 +26,7 @@ static void *run(void *arg)
         if (w->initial[i] != (unsigned char)(0xC0 + i))
             wl_fail("cache_scratch: initial object corrupted");
     free(w->initial);
-    for (size_t r = 0; r < w->rounds; r++) {
-        volatile unsigned char *p = wl_xmalloc(OBJ_SIZE);
-        for (size_t k = 0; k < w->writes; k++)
-            for (int i = 0; i < OBJ_SIZE; i++)
-                p[i] = (unsigned char)(p[i] + 1 + (i ^ (int)w->id));
-        for (int i = 0; i < OBJ_SIZE; i++)
-            p[i] = (unsigned char)(w->id * 31 + (unsigned)i);
-        for (int i = 0; i < OBJ_SIZE; i++)
-            if (p[i] != (unsigned char)(w->id * 31 + (unsigned)i))
-                wl_fail("cache_scratch: object %p corrupted", (void *)p);
-        free((void *)p);
-    }
+    wl_write_rounds("cache_scratch", w->id, OBJ_SIZE, w->rounds, w->writes);
     return NULL;
 }
 

@@ -21,21 +21,7 @@ struct worker {
 static void *run(void *arg)
 {
     struct worker *w = arg;
-    for (size_t r = 0; r < w->rounds; r++) {
-        volatile unsigned char *p = wl_xmalloc(OBJ_SIZE);
-        /* volatile: every write must really reach the cache line */
-        for (size_t k = 0; k < w->writes; k++)
-            for (int i = 0; i < OBJ_SIZE; i++)
-                p[i] = (unsigned char)(p[i] + 1 + (i ^ (int)w->id));
-        /* Each byte was incremented by (1 + (i ^ id)) `writes` times from an unknown
-         * start, so write a known value last and verify it. */
-        for (int i = 0; i < OBJ_SIZE; i++)
-            p[i] = (unsigned char)(w->id * 31 + (unsigned)i);
-        for (int i = 0; i < OBJ_SIZE; i++)
-            if (p[i] != (unsigned char)(w->id * 31 + (unsigned)i))
-                wl_fail("cache_thrash: object %p corrupted", (void *)p);
-        free((void *)p);
-    }
+    wl_write_rounds("cache_thrash", w->id, OBJ_SIZE, w->rounds, w->writes);
     return NULL;
 }
 

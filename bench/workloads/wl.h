@@ -218,4 +218,24 @@ static inline void wl_join_threads(pthread_t *t, int n)
         pthread_join(t[i], NULL);
 }
 
+/* The false-sharing loop of cache-scratch and cache-thrash: `rounds` times, allocate a
+ * `size`-byte object, write every byte `writes` times (volatile: each write must really reach
+ * the cache line), then write a known value last and verify it before freeing. */
+static inline void wl_write_rounds(const char *name, unsigned id, int size, size_t rounds,
+                                   size_t writes)
+{
+    for (size_t r = 0; r < rounds; r++) {
+        volatile unsigned char *p = wl_xmalloc((size_t)size);
+        for (size_t k = 0; k < writes; k++)
+            for (int i = 0; i < size; i++)
+                p[i] = (unsigned char)(p[i] + 1 + (i ^ (int)id));
+        for (int i = 0; i < size; i++)
+            p[i] = (unsigned char)(id * 31 + (unsigned)i);
+        for (int i = 0; i < size; i++)
+            if (p[i] != (unsigned char)(id * 31 + (unsigned)i))
+                wl_fail("%s: object %p corrupted", name, (void *)p);
+        free((void *)p);
+    }
+}
+
 #endif
