@@ -212,7 +212,7 @@ static void *realloc_impl(void *p, size_t size) {
   if (e & HM_PM_SMALL) {
     /* Same class: nothing to do.  Another class: move (a shrink then frees memory). */
     if (size <= HM_SMALL_MAX && hmi_size_class(size) == HM_PM_CLASS(e)) {
-      HM_VG_RESIZED(p, usable, size);
+      HM_VG_RESIZED(p, p, usable, size);
       return p;
     }
     return realloc_move(p, usable, size);
@@ -220,7 +220,7 @@ static void *realloc_impl(void *p, size_t size) {
   if (e & HM_PM_MEDIUM) {
     if (size > HM_SMALL_MAX && size < hmi_options.mmap_threshold &&
         hmi_arena_resize(p, HM_PM_PTR(e), size)) {
-      HM_VG_RESIZED(p, usable, size);
+      HM_VG_RESIZED(p, p, usable, size);
       return p;
     }
     return realloc_move(p, usable, size);
@@ -229,7 +229,7 @@ static void *realloc_impl(void *p, size_t size) {
   if (size >= hmi_options.mmap_threshold) {
     void *q = hmi_large_realloc(hmi_large_of(p, e), size);
     if (q != NULL) {
-      HM_VG_RESIZED(q, usable, size); /* memcheck: the old block is gone either way */
+      HM_VG_RESIZED(p, q, usable, size); /* mremap may have moved it */
       return q;
     }
   }
@@ -296,6 +296,7 @@ HM_API size_t hm_malloc_usable_size(void *p) {
 HM_API int hm_malloc_trim(size_t pad) {
   hmi_ensure_init();
   if (hmi_tcache.state == HM_TC_LIVE) hmi_mcache_flush(&hmi_tcache);
+  if (hmi_check_mode) hmi_check_drain();
   hmi_span_release_empty();
   int released = hmi_large_cache_flush() ? 1 : 0;
   for (unsigned i = 0; i < hmi_arena_count; i++)
@@ -337,9 +338,8 @@ void hmi_vg_alloc(void *p, size_t size, int zeroed) {
 
 /* A block that stays at p (or moved there by mremap) with new size: free the old record,
  * record the new block, and keep the preserved bytes defined. */
-void hmi_vg_resized(void *p, size_t keep, size_t size) {
-  VALGRIND_FREELIKE_BLOCK(p, 0);
-  VALGRIND_MAKE_MEM_DEFINED(p, keep < size ? keep : size);
+void hmi_vg_resized(void *old, void *p, size_t keep, size_t size) {
+  VALGRIND_FREELIKE_BLOCK(old, 0);
   hmi_vg_alloc(p, size, 0);
   VALGRIND_MAKE_MEM_DEFINED(p, keep < size ? keep : size);
 }

@@ -10,7 +10,9 @@
  *  - a freed small block is filled with HM_FREE_FILL and its last word set to a "freed"
  *    value; when it is handed out again the fill is verified (the first 16 bytes hold the
  *    free-list link and mark and are not checked);
- *  - a freed medium block is filled too (not verified: its bytes move when chunks coalesce);
+ *  - a freed medium block is filled too and held in a quarantine (FIFO, QUARANTINE_BYTES at
+ *    most) before it goes back to its arena; the fill is verified when it leaves, so a write
+ *    after free within that window is reported (its bytes would move once chunks coalesce);
  *  - a large block is followed by an inaccessible guard page, and unmapped on free, so an
  *    overrun or a write after free faults at once. */
 #include <string.h>
@@ -19,6 +21,18 @@
 #include "internal.h"
 
 int hmi_check_mode;
+
+/* Quarantine of freed medium blocks: a ring, under quarantine_lock (a leaf lock: nothing
+ * else is taken while it is held; fork takes it, see init.c). */
+#define QUARANTINE_SLOTS 1024
+#define QUARANTINE_BYTES ((size_t)16 << 20)
+hm_lock_t hmi_quarantine_lock = HM_LOCK_INIT;
+static struct {
+  void *p;
+  size_t usable;
+} quarantine[QUARANTINE_SLOTS];
+static unsigned q_head, q_count;
+static size_t q_bytes;
 
 #define HM_CHECK_EXTRA 16
 #define CANARY 0xCB
@@ -90,6 +104,54 @@ size_t hmi_check_usable(void *p, hm_pmentry_t e, const char *caller) {
   return verify(p, e, caller);
 }
 
+/* Check a block leaving the quarantine and give it back to its arena. */
+static void release(void *p, size_t usable) {
+  const unsigned char *c = p;
+  for (size_t i = 0; i < usable; i++)
+    if (c[i] != HM_FREE_FILL)
+      hmi_fatal("hmalloc: free(): write after free in block %p of size %zu (byte %zu)\n", p,
+                usable, i);
+  hmi_arena_free(p, HM_PM_PTR(hmi_pagemap_get((uintptr_t)p)));
+}
+
+static void quarantine_add(void *p, size_t usable) {
+  void *out[8];
+  size_t out_usable[8];
+  unsigned n_out = 0;
+  hm_lock(&hmi_quarantine_lock);
+  quarantine[(q_head + q_count) % QUARANTINE_SLOTS].p = p;
+  quarantine[(q_head + q_count) % QUARANTINE_SLOTS].usable = usable;
+  q_count++;
+  q_bytes += usable;
+  while (n_out < 8 && (q_count == QUARANTINE_SLOTS || q_bytes > QUARANTINE_BYTES)) {
+    out[n_out] = quarantine[q_head].p;
+    out_usable[n_out++] = quarantine[q_head].usable;
+    q_bytes -= quarantine[q_head].usable;
+    q_head = (q_head + 1) % QUARANTINE_SLOTS;
+    q_count--;
+  }
+  hm_unlock(&hmi_quarantine_lock);
+  for (unsigned i = 0; i < n_out; i++) release(out[i], out_usable[i]);
+}
+
+/* malloc_trim and exit checks: verify and release everything in quarantine. */
+void hmi_check_drain(void) {
+  for (;;) {
+    hm_lock(&hmi_quarantine_lock);
+    if (q_count == 0) {
+      hm_unlock(&hmi_quarantine_lock);
+      return;
+    }
+    void *p = quarantine[q_head].p;
+    size_t usable = quarantine[q_head].usable;
+    q_bytes -= usable;
+    q_head = (q_head + 1) % QUARANTINE_SLOTS;
+    q_count--;
+    hm_unlock(&hmi_quarantine_lock);
+    release(p, usable);
+  }
+}
+
 void hmi_check_free(void *p, hm_pmentry_t e, const char *caller) {
   verify(p, e, caller);
   size_t usable = raw_usable(p, e);
@@ -101,7 +163,7 @@ void hmi_check_free(void *p, hm_pmentry_t e, const char *caller) {
     hmi_span_give(s->cls, p, 1);
   } else if (e & HM_PM_MEDIUM) {
     memset(p, HM_FREE_FILL, usable);
-    hmi_arena_free(p, HM_PM_PTR(e));
+    quarantine_add(p, usable);
   } else {
     hmi_large_free(hmi_large_of(p, e));
   }

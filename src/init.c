@@ -26,6 +26,7 @@ void hmi_tcache_after_fork_child(void);
 void hmi_stats_init(void);
 
 static void fork_prepare(void) {
+  hm_lock(&hmi_quarantine_lock); /* a leaf lock, held alone: first is as good as any */
   hm_lock(&hmi_registry_lock);
   for (unsigned c = 0; c < HM_CLASSES; c++) hm_lock(&hmi_central[c].lock);
   hmi_arena_lock_all();
@@ -41,6 +42,7 @@ static void fork_parent(void) {
   hmi_arena_unlock_all();
   for (unsigned c = HM_CLASSES; c-- > 0;) hm_unlock(&hmi_central[c].lock);
   hm_unlock(&hmi_registry_lock);
+  hm_unlock(&hmi_quarantine_lock);
 }
 
 static void fork_child(void) {
@@ -51,6 +53,7 @@ static void fork_child(void) {
   for (unsigned c = 0; c < HM_CLASSES; c++) hm_lock_reset(&hmi_central[c].lock);
   hmi_tcache_after_fork_child();
   hm_lock_reset(&hmi_registry_lock);
+  hm_lock_reset(&hmi_quarantine_lock);
 }
 
 void hmi_init(void) {

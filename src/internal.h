@@ -205,6 +205,8 @@ void *hmi_check_alloc(size_t size, size_t align);
 void hmi_check_free(void *p, hm_pmentry_t e, const char *caller);
 size_t hmi_check_usable(void *p, hm_pmentry_t e, const char *caller);
 bool hmi_check_valid(void *p, hm_pmentry_t e);
+void hmi_check_drain(void);
+extern hm_lock_t hmi_quarantine_lock;
 
 /* ---- hooks.c ---- */
 extern int hmi_hooks_on; /* nonzero while a hook is set; read by slow paths only */

@@ -19,16 +19,16 @@ void hmi_vg_alloc(void *p, size_t size, int zeroed);
     if ((p) != NULL) hmi_vg_alloc((p), (size), (zeroed)); \
   } while (0)
 void hmi_vg_free(void *p);
-void hmi_vg_resized(void *p, size_t keep, size_t size);
+void hmi_vg_resized(void *old, void *p, size_t keep, size_t size);
 #define HM_VG_FREE(p)                 \
   do {                                \
     if ((p) != NULL) hmi_vg_free(p);  \
   } while (0)
-#define HM_VG_RESIZED(p, keep, size) hmi_vg_resized((p), (keep), (size))
+#define HM_VG_RESIZED(old, p, keep, size) hmi_vg_resized((old), (p), (keep), (size))
 #else
 #define HM_VG_ALLOC(p, size, zeroed) ((void)0)
 #define HM_VG_FREE(p) ((void)0)
-#define HM_VG_RESIZED(p, keep, size) ((void)0)
+#define HM_VG_RESIZED(old, p, keep, size) ((void)0)
 #endif
 
 #endif

@@ -1,0 +1,52 @@
+/* check_prog.c - run by check_mode.c with HMALLOC_CHECK=1 (the mode is chosen at start-up, so
+ * it needs a process of its own).  Linked with the whole of libhmalloc.a.
+ * usage: check_prog MODE SIZE
+ *   ok        allocate, fill, check usable size == SIZE, realloc, calloc, free: exit 0
+ *   overflow  write one byte past SIZE, then free (expects an abort naming the block)
+ *   uaf       free, then write into the freed block, then malloc_trim and allocate again
+ *             (expects an abort: "write after free") */
+#include <malloc.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void *launder(void *p) {
+  void *volatile v = p;
+  return v;
+}
+
+int main(int argc, char **argv) {
+  if (argc != 3) return 2;
+  size_t n = strtoul(argv[2], NULL, 10);
+  unsigned char *p = launder(malloc(n));
+  if (p == NULL) return 3;
+  if (strcmp(argv[1], "ok") == 0) {
+    if (malloc_usable_size(p) != n) return 4;
+    memset(p, 0x11, n);
+    unsigned char *q = launder(realloc(p, n * 2));
+    if (q == NULL || q[n - 1] != 0x11) return 5;
+    memset(q, 0x22, n * 2);
+    free(q);
+    unsigned char *z = launder(calloc(1, n));
+    for (size_t i = 0; i < n; i++)
+      if (z[i] != 0) return 6;
+    free(z);
+    printf("ok\n");
+    return 0;
+  }
+  if (strcmp(argv[1], "overflow") == 0) {
+    fprintf(stderr, "block %p\n", (void *)p);
+    p[n] = 0x7f;
+    free(p);
+    return 0;
+  }
+  if (strcmp(argv[1], "uaf") == 0) {
+    fprintf(stderr, "block %p\n", (void *)p);
+    free(p);
+    p[n - 2] = 0x7f; /* past the first 16 bytes, which hold the free-list link and mark */
+    malloc_trim(0); /* medium blocks: checked as they leave the quarantine */
+    for (int i = 0; i < 1000; i++) free(launder(malloc(n))); /* small blocks: on reuse */
+    return 0;
+  }
+  return 2;
+}
