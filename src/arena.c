@@ -165,12 +165,14 @@ static void segment_link(hm_arena_t *a, hm_segment_t *s) {
   s->next = a->segments;
   if (a->segments) a->segments->prev = s;
   a->segments = s;
+  a->segment_count++;
 }
 
 static void segment_unlink(hm_arena_t *a, hm_segment_t *s) {
   if (s->prev) s->prev->next = s->next;
   else a->segments = s->next;
   if (s->next) s->next->prev = s->prev;
+  a->segment_count--;
 }
 
 /* Lay out [start, end) as one free chunk plus the sentinel and insert the chunk. */

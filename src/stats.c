@@ -131,6 +131,7 @@ void hmi_stats_snapshot(hms_snap_t *s) {
     r->seg_maps = a->seg_maps;
     r->seg_unmaps = a->seg_unmaps;
     r->brk_failed = a->brk_failed;
+    r->segments = a->segment_count;
     hm_unlock(&a->lock);
     raise_peak(&arena_peaks[i], r->mapped);
     r->peak_mapped = __atomic_load_n(&arena_peaks[i], __ATOMIC_RELAXED);
@@ -437,7 +438,7 @@ static void print_snapshot(int fd, const hms_snap_t *s, size_t rss) {
       col_u(&l, a->free_bytes, aw[1]);
       col_u(&l, a->mapped, aw[2]);
       col_u(&l, a->peak_mapped, aw[3]);
-      col_u(&l, a->seg_maps - a->seg_unmaps, aw[4]);
+      col_u(&l, a->segments, aw[4]);
       HMS_PUT(&l.o, "\n");
       line_maybe_flush(&l);
     }

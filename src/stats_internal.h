@@ -27,6 +27,7 @@ typedef struct hms_arena_s {
   uint64_t splits, coalesces, searches, brk_grows, brk_trims, seg_maps, seg_unmaps;
   size_t peak_mapped;   /* highest `mapped` seen by the statistics code */
   int brk_failed;
+  size_t segments;      /* segments of the arena (brk and mmap'ed) */
 } hms_arena_t;
 
 typedef struct hms_snap_s {

@@ -203,6 +203,7 @@ typedef struct hm_arena_s {
   uint32_t sl_bitmap[HM_FL_COUNT];
   hm_chunk_t *bins[HM_FL_COUNT][HM_SL_COUNT];
   hm_segment_t *segments;
+  size_t segment_count; /* segments on the list, brk and mmap'ed */
   hm_segment_t *spare;  /* an entirely free mmap'ed segment kept against churn, or NULL */
   /* counters */
   size_t mapped;        /* bytes of all segments */
