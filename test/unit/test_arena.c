@@ -3,6 +3,7 @@
  * coalesce invariants, bins, bitmaps, counters) after every few operations; block contents
  * are checked so no two blocks overlap. */
 #include <criterion/criterion.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -217,4 +218,23 @@ Test(arena, malloc_trim_releases_free_pages_inside_the_heap) {
   memset(again, 2, 100000);
   free(again);
   cr_assert_eq(hm_heap_check(), 0);
+}
+
+static void *arena_of_new_thread(void *arg) {
+  (void)arg;
+  free(malloc(16)); /* sets the cache up, which picks the arena */
+  return (void *)(uintptr_t)hmi_tcache.arena_index;
+}
+
+Test(arena, mallopt_arena_max_limits_the_arenas_of_new_threads) {
+  hmi_ensure_init();
+  cr_assert_eq(mallopt(M_ARENA_MAX, 1), 1);
+  for (int i = 0; i < 4; i++) {
+    pthread_t t;
+    void *index;
+    pthread_create(&t, NULL, arena_of_new_thread, NULL);
+    pthread_join(t, &index);
+    cr_assert_eq((uintptr_t)index, 0, "thread %d went to arena %lu", i, (unsigned long)(uintptr_t)index);
+  }
+  cr_assert_eq(mallopt(M_ARENA_MAX, 0), 0, "0 arenas is refused");
 }
