@@ -225,7 +225,14 @@ void *hmi_large_realloc(hm_large_t *h, size_t size) {
   if (h->map != (uintptr_t)h || h->guard || size > PTRDIFF_MAX - HM_LARGE_HEADER - HM_PAGE)
     return NULL;
   size_t old_size = h->map_size;
+  size_t usable = hmi_large_usable(h);
+  /* A block that shrinks by less than half stays as it is; one that grows gets a quarter more
+   * than asked, so a buffer grown by small appends calls mremap O(log n) times, not once per
+   * page.  Pages the program never touches cost no memory. */
+  if (size <= usable && size >= usable / 2) return (void *)((uintptr_t)h + HM_LARGE_HEADER);
   size_t new_size = hm_align_up(size + HM_LARGE_HEADER, HM_PAGE);
+  if (size > usable && new_size < old_size + old_size / 4)
+    new_size = hm_align_up(old_size + old_size / 4, HM_PAGE);
   if (new_size == old_size) return (void *)((uintptr_t)h + HM_LARGE_HEADER);
   uintptr_t old_user_page = hm_page_floor((uintptr_t)h + HM_LARGE_HEADER);
   unlink_live(h);

@@ -109,3 +109,22 @@ Test(large, interior_pointer_is_not_a_block) {
   cr_assert_null(hmi_large_of(p + 64, hmi_pagemap_get((uintptr_t)p)));
   free(p);
 }
+
+Test(large, growth_by_small_steps_calls_mremap_rarely) {
+  hmi_ensure_init();
+  size_t n = 200000;
+  char *p = malloc(n);
+  uint64_t mremaps = hmi_os_mremap_calls;
+  for (int i = 0; i < 400; i++) { /* 400 appends of 4 KiB: 1.6 MB more */
+    n += 4096;
+    p = realloc(p, n);
+    cr_assert_not_null(p);
+    p[n - 1] = 1;
+  }
+  cr_assert_lt(hmi_os_mremap_calls - mremaps, 40, "%llu mremaps for 400 page-sized appends",
+               (unsigned long long)(hmi_os_mremap_calls - mremaps));
+  cr_assert_geq(malloc_usable_size(p), n);
+  char *q = realloc(p, n - 100000); /* a small shrink keeps the block */
+  cr_assert_eq(q, p);
+  free(q);
+}
