@@ -389,7 +389,6 @@ void *hmi_arena_alloc(hm_arena_t *a, size_t size, size_t align) {
     c = ac;
   } else {
     HM_RACY_SET(c->size_flags, c->size_flags | HM_CH_INUSE);
-    set_prev_inuse(cnext(c), true);
   }
   set_prev_inuse(cnext(c), true);
   split_tail(a, c, need);
