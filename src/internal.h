@@ -167,7 +167,7 @@ void hmi_tcache_class_counts(size_t counts[HM_CLASSES]);
 /* Medium cache (tcache.c): a request of size (HM_SMALL_MAX, HM_MCACHE_MAX] is rounded up to a
  * medium class so its block can be reused whole. */
 static inline unsigned hmi_mclass(size_t size) {
-  unsigned lg = 63u - (unsigned)__builtin_clzl(size - 1); /* 12 .. 14 */
+  unsigned lg = 63u - (unsigned)__builtin_clzl(size - 1); /* 12 .. 16 */
   return (lg - 12u) * 8u + ((unsigned)((size - 1) >> (lg - 3)) & 7u);
 }
 static inline size_t hmi_mclass_size(unsigned m) {

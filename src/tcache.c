@@ -256,6 +256,13 @@ bool hmi_mcache_push(void *p, hm_segment_t *seg) {
   if (usable <= HM_SMALL_MAX || usable > HM_MCACHE_MAX) return false; /* aligned blocks */
   unsigned m = hmi_mclass(usable);
   if (hmi_mclass_size(m) != usable) return false; /* resized or aligned: not a class size */
+  /* Keep only blocks that could not coalesce anyway: with a free neighbour (the free top of
+   * the heap, say), freeing merges and lets the heap shrink, which a kept block would
+   * prevent.  The neighbour's header is read without the arena lock: a stale answer only
+   * changes this choice, never correctness. */
+  if (!(flags & HM_CH_PREV_INUSE)) return false;
+  hm_chunk_t *next = (hm_chunk_t *)((uintptr_t)c + usable + HM_CHUNK_HEADER);
+  if (!(__atomic_load_n(&next->size_flags, __ATOMIC_RELAXED) & HM_CH_INUSE)) return false;
   if (((uintptr_t *)p)[1] == tc->free_mark) {
     for (void *q = tc->mcache[m]; q != NULL; q = hmi_next_checked(q))
       if (q == p) hmi_fatal("hmalloc: free(): double free %p\n", p);

@@ -45,8 +45,8 @@
 #define HM_MAX_MMAP_THRESHOLD ((size_t)32 << 20)
 #define HM_DEFAULT_TCACHE_MAX ((size_t)256 << 10)
 #define HM_XFER_SLOTS 4                 /* batches a class's transfer cache holds */
-#define HM_MCACHE_MAX ((size_t)32 << 10) /* medium blocks up to this size are cached per thread */
-#define HM_MCLASSES 24                  /* their classes: 8 per power of two, 4 KiB to 32 KiB */
+#define HM_MCACHE_MAX ((size_t)128 << 10) /* medium blocks up to this size are cached per thread */
+#define HM_MCLASSES 40                  /* their classes: 8 per power of two, 4 KiB to 128 KiB */
 #define HM_MCACHE_DEPTH 4               /* blocks one medium class may hold per thread */
 
 /* ---- page map entries -------------------------------------------------------------------

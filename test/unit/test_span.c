@@ -128,7 +128,9 @@ Test(span, flushed_batches_go_through_the_transfer_cache) {
 Test(span, medium_blocks_are_cached_whole_per_thread) {
   free(malloc(16)); /* set the thread cache up */
   hm_tcache_t *tc = &hmi_tcache;
+  void *before = malloc(20000);
   void *p = malloc(20000);
+  void *after = malloc(20000); /* neighbours in use: p could not coalesce, so it is kept */
   size_t usable = malloc_usable_size(p);
   cr_assert_eq(usable, hmi_mclass_size(hmi_mclass(20000)), "rounded to its class");
   hm_arena_t *a = ((hm_segment_t *)HM_PM_PTR(hmi_pagemap_get((uintptr_t)p)))->arena;
@@ -143,5 +145,11 @@ Test(span, medium_blocks_are_cached_whole_per_thread) {
   malloc_trim(0);
   cr_assert_eq(tc->mcache_bytes, 0, "malloc_trim empties this thread's medium cache");
   cr_assert_eq(a->in_use_chunks, chunks - 1);
+  /* a block with a free neighbour goes back to the arena, where it coalesces */
+  free(before);
+  void *r = malloc(20000);
+  free(after);
+  cr_assert_eq(tc->mcache_bytes, 0, "after's neighbour was free: not kept");
+  free(r);
   cr_assert_eq(hm_heap_check(), 0);
 }
