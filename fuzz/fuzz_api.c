@@ -213,6 +213,24 @@ static void adopt(int i, void *p, size_t size, size_t align, bool zero, uint64_t
   }
 }
 
+/* Resize slot i's live block to n (> 0) bytes: the prefix must survive, and the result is
+ * adopted as a 16-byte aligned block (realloc promises no more, whatever it had before). */
+static void realloc_checked(int i, size_t n) {
+  slot_t *s = &slots[i];
+  slot_t old = *s;
+  unsigned char *p = hm_realloc(s->p, n);
+  if (p == NULL) fail("hm_realloc(%p, %zu) failed: errno %d", old.p, n, errno);
+  size_t keep = old.size < n ? old.size : n;
+  size_t bad = old.zero ? first_nonzero(p, keep) : check_fill(p, keep, old.usable, old.seed);
+  if (bad != SIZE_MAX)
+    fail("hm_realloc(%p [%zu], %zu) = %p: prefix of %zu bytes differs at offset %zu", old.p,
+         old.size, n, p, keep, bad);
+  live_bytes -= old.usable;
+  memset(s, 0, sizeof *s);
+  adopt(i, p, n, 16, false, old.seed, "hm_realloc");
+}
+
+
 static void release(int i) {
   slot_t *s = &slots[i];
   if (s->p == NULL) return;
@@ -284,18 +302,7 @@ static void step(reader_t *r, uint64_t seed) {
         memset(s, 0, sizeof *s);
         break;
       }
-      slot_t old = *s;
-      unsigned char *p = hm_realloc(s->p, n);
-      if (p == NULL) fail("hm_realloc(%p, %zu) failed: errno %d", old.p, n, errno);
-      size_t keep = old.size < n ? old.size : n;
-      size_t bad = old.zero ? first_nonzero(p, keep) : check_fill(p, keep, old.usable, old.seed);
-      if (bad != SIZE_MAX)
-        fail("hm_realloc(%p [%zu], %zu) = %p: prefix of %zu bytes differs at offset %zu", old.p,
-             old.size, n, p, keep, bad);
-      live_bytes -= old.usable;
-      memset(s, 0, sizeof *s);
-      /* realloc promises 16-byte alignment only, whatever the block had before */
-      adopt(i, p, n, 16, false, old.seed, "hm_realloc");
+      realloc_checked(i, n);
       break;
     }
     case OP_FREE:
@@ -381,16 +388,7 @@ static void step(reader_t *r, uint64_t seed) {
       size_t n = grow ? s->size + delta : (s->size > delta ? s->size - delta : 1);
       if (n == 0) n = 1; /* realloc(p, 0) frees: OP_REALLOC covers it */
       if (n > s->usable && !room_for(n - s->usable)) break;
-      slot_t old = *s;
-      unsigned char *p = hm_realloc(s->p, n);
-      if (p == NULL) fail("hm_realloc(%p, %zu) failed: errno %d", old.p, n, errno);
-      size_t keep = old.size < n ? old.size : n;
-      size_t bad = old.zero ? first_nonzero(p, keep) : check_fill(p, keep, old.usable, old.seed);
-      if (bad != SIZE_MAX)
-        fail("hm_realloc(%p [%zu], %zu) = %p: prefix differs at offset %zu", old.p, old.size, n, p, bad);
-      live_bytes -= old.usable;
-      memset(s, 0, sizeof *s);
-      adopt(i, p, n, 16, false, old.seed, "hm_realloc");
+      realloc_checked(i, n);
       break;
     }
   }
