@@ -154,6 +154,9 @@ static bool publish(hm_large_t *h) {
 /* guard: one more page after the block, made inaccessible (HMALLOC_CHECK). */
 static void *large_alloc(size_t size, size_t align, bool guard) {
   if (align < HM_LARGE_HEADER) align = HM_LARGE_HEADER;
+  /* Even an empty block owns the page its pointer is on (an over-aligned empty block would
+   * otherwise end where its pointer starts, and that page could go to another block). */
+  if (size == 0) size = 1;
   if (size > PTRDIFF_MAX - HM_LARGE_HEADER - align - HM_PAGE) return NULL;
   size_t extra = align > HM_LARGE_HEADER ? align : 0;
   size_t map_size = hm_align_up(size + HM_LARGE_HEADER + extra, HM_PAGE) + (guard ? HM_PAGE : 0);

@@ -128,3 +128,20 @@ Test(large, growth_by_small_steps_calls_mremap_rarely) {
   cr_assert_eq(q, p);
   free(q);
 }
+
+Test(large, empty_over_aligned_blocks_own_their_page) {
+  /* found by the fuzzer: memalign(256 KiB, 0) ended its mapping where its pointer began, so
+   * the next mapping could be placed there and the two blocks shared a page-map entry */
+  void *p[16];
+  for (int i = 0; i < 16; i++) {
+    p[i] = memalign((size_t)256 << 10, 0);
+    cr_assert_not_null(p[i]);
+    cr_assert_geq(malloc_usable_size(p[i]), 1);
+    ((char *)p[i])[0] = 1; /* the page is ours */
+    void *big = malloc(300000);
+    cr_assert_eq(hm_heap_check(), 0);
+    free(big);
+  }
+  for (int i = 0; i < 16; i++) free(p[i]);
+  cr_assert_eq(hm_heap_check(), 0);
+}
