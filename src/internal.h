@@ -41,6 +41,8 @@ static inline void hmi_ensure_init(void) {
 void *hmi_os_mmap(size_t size);               /* NULL on failure */
 void hmi_os_munmap(void *p, size_t size);
 void *hmi_os_mremap(void *p, size_t old_size, size_t new_size); /* NULL on failure */
+void *hmi_os_mremap_inplace(void *p, size_t old_size, size_t new_size); /* never moves */
+void *hmi_os_mremap_to(void *p, size_t old_size, size_t new_size, void *dst); /* moves to dst */
 void *hmi_os_sbrk(intptr_t increment);        /* NULL on failure (never (void*)-1) */
 void hmi_os_release(void *p, size_t size);    /* madvise(DONTNEED) on whole pages */
 uint64_t hmi_os_random(void);

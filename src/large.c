@@ -239,8 +239,23 @@ void *hmi_large_realloc(hm_large_t *h, size_t size) {
   if (new_size == old_size) return (void *)((uintptr_t)h + HM_LARGE_HEADER);
   uintptr_t old_user_page = hm_page_floor((uintptr_t)h + HM_LARGE_HEADER);
   unlink_live(h);
-  void *q = hmi_os_mremap(h, old_size, new_size);
-  if (q == NULL) { link_live(h); return NULL; }
+  /* In place if the kernel can; otherwise move the pages (no copy) to a range reserved first
+   * and whose page-map leaf exists, so that nothing can fail once the block has moved (a
+   * page-map leaf that cannot be mapped under RLIMIT_AS must mean ENOMEM, not an abort). */
+  void *q = hmi_os_mremap_inplace(h, old_size, new_size);
+  if (q == NULL) {
+    void *dst = large_mmap(new_size);
+    if (dst != NULL && !hmi_pagemap_set(hm_page_floor((uintptr_t)dst + HM_LARGE_HEADER), 1, 0)) {
+      large_munmap(dst, new_size);
+      dst = NULL;
+    }
+    if (dst != NULL && (q = hmi_os_mremap_to(h, old_size, new_size, dst)) == NULL)
+      large_munmap(dst, new_size);
+    if (q == NULL) {
+      link_live(h);
+      return NULL;
+    }
+  }
   hm_large_t *nh = q;
   nh->map = (uintptr_t)nh;
   nh->map_size = new_size;
@@ -248,7 +263,7 @@ void *hmi_large_realloc(hm_large_t *h, size_t size) {
   nh->check = large_check(nh);
   if (nh != h) {
     hmi_pagemap_set(old_user_page, 1, 0);
-    if (!publish(nh)) hmi_fatal("hmalloc: realloc(): cannot extend the page map\n");
+    publish(nh); /* its leaf was made before the move: cannot fail */
   }
   link_live(nh);
   hmi_stats_note_mapped();

@@ -29,6 +29,18 @@ void *hmi_os_mremap(void *p, size_t old_size, size_t new_size) {
   return q == MAP_FAILED ? NULL : q;
 }
 
+void *hmi_os_mremap_inplace(void *p, size_t old_size, size_t new_size) {
+  __atomic_fetch_add(&hmi_os_mremap_calls, 1, __ATOMIC_RELAXED);
+  void *q = mremap(p, old_size, new_size, 0);
+  return q == MAP_FAILED ? NULL : q;
+}
+
+void *hmi_os_mremap_to(void *p, size_t old_size, size_t new_size, void *dst) {
+  __atomic_fetch_add(&hmi_os_mremap_calls, 1, __ATOMIC_RELAXED);
+  void *q = mremap(p, old_size, new_size, MREMAP_MAYMOVE | MREMAP_FIXED, dst);
+  return q == MAP_FAILED ? NULL : q;
+}
+
 void *hmi_os_sbrk(intptr_t increment) {
   if (hmi_os_brk_disabled) return NULL;
   void *p = sbrk(increment);

@@ -76,7 +76,9 @@ Test(large, realloc_uses_mremap_without_copy) {
   uint64_t mremaps = hmi_os_mremap_calls, munmaps = hmi_os_munmap_calls;
   unsigned char *q = realloc(p, 64 << 20);
   cr_assert_not_null(q);
-  cr_assert_eq(hmi_os_mremap_calls, mremaps + 1, "the block was moved by mremap");
+  /* one mremap in place, or a failed one and a move into a reserved range */
+  cr_assert(hmi_os_mremap_calls == mremaps + 1 || hmi_os_mremap_calls == mremaps + 2,
+            "the block was resized by mremap");
   cr_assert_eq(hmi_os_munmap_calls, munmaps, "and not copied to a new mapping");
   for (size_t i = 0; i < n; i += 4096) cr_assert_eq(q[i], (unsigned char)(i >> 12));
   memset(q, 3, 64 << 20);
@@ -134,7 +136,8 @@ Test(large, empty_over_aligned_blocks_own_their_page) {
    * the next mapping could be placed there and the two blocks shared a page-map entry */
   void *p[16];
   for (int i = 0; i < 16; i++) {
-    p[i] = memalign((size_t)256 << 10, 0);
+    size_t volatile zero = 0;
+    p[i] = memalign((size_t)256 << 10, zero);
     cr_assert_not_null(p[i]);
     cr_assert_geq(malloc_usable_size(p[i]), 1);
     ((char *)p[i])[0] = 1; /* the page is ours */
