@@ -12,9 +12,16 @@
 int hmi_os_brk_disabled;
 uint64_t hmi_os_mmap_calls, hmi_os_munmap_calls, hmi_os_mremap_calls;
 
+/* A failed mmap retries once after the large tier's cache of freed mappings is unmapped:
+ * those mappings count against RLIMIT_AS (and vm.overcommit), so under a limit the memory a
+ * program freed would otherwise stay unusable.  Callers never hold hmi_large_lock here. */
 void *hmi_os_mmap(size_t size) {
   __atomic_fetch_add(&hmi_os_mmap_calls, 1, __ATOMIC_RELAXED);
   void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED && hmi_large_cache_flush()) {
+    __atomic_fetch_add(&hmi_os_mmap_calls, 1, __ATOMIC_RELAXED);
+    p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  }
   return p == MAP_FAILED ? NULL : p;
 }
 
