@@ -21,14 +21,13 @@ static inline __attribute__((always_inline)) void *hm_alloc_raw(size_t size) {
   if (HM_LIKELY(size <= HM_SMALL_MAX)) {
     unsigned cls = hmi_size_class(size);
     hm_tcache_t *tc = &hmi_tcache;
-    hm_bin_t *b = &tc->bins[cls];
-    void *p = b->head;
+    void *p = tc->head[cls];
     if (HM_LIKELY(p != NULL)) {
-      b->head = hmi_next_checked_k(p, tc->list_key);
+      tc->head[cls] = hmi_next_checked_k(p, tc->list_key);
 #ifndef HM_NO_HARDENING
       ((uintptr_t *)p)[1] = 0; /* no longer marked free */
 #endif
-      HM_RACY_ADD(b->space, 1);
+      HM_RACY_ADD(tc->space[cls], 1);
       HM_RACY_ADD(tc->stats.class_malloc[cls], 1);
       return p;
     }
@@ -50,20 +49,21 @@ static inline __attribute__((always_inline)) void hm_free_raw(void *p, const cha
       unsigned cls = s->cls;
       hm_tcache_t *tc = &hmi_tcache;
 #ifndef HM_NO_HARDENING
-      if (HM_UNLIKELY(((uintptr_t *)p)[1] == tc->free_mark)) {
+      /* One load of the mark: the stores through p below could alias it otherwise. */
+      uintptr_t mark = tc->free_mark;
+      if (HM_UNLIKELY(((uintptr_t *)p)[1] == mark)) {
         hmi_free_marked(p, cls); /* a double free, user data that looks like the mark, or */
         return;                  /* a thread whose cache is not set up yet (mark 0) */
       }
 #endif
-      hm_bin_t *b = &tc->bins[cls];
-      *(void **)p = hmi_link_k(b->head, p, tc->list_key);
+      *(void **)p = hmi_link_k(tc->head[cls], p, tc->list_key);
 #ifndef HM_NO_HARDENING
-      ((uintptr_t *)p)[1] = tc->free_mark;
+      ((uintptr_t *)p)[1] = mark;
 #endif
-      b->head = p;
+      tc->head[cls] = p;
       HM_RACY_ADD(tc->stats.class_free[cls], 1);
-      int32_t space = b->space - 1;
-      HM_RACY_SET(b->space, space);
+      int32_t space = tc->space[cls] - 1;
+      HM_RACY_SET(tc->space[cls], space);
       if (HM_LIKELY(space >= 0)) return;
       hmi_tcache_free_slow(p, cls);
       return;

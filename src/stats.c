@@ -230,7 +230,7 @@ static size_t allocated_racy(void) {
     cached = 0;
     for (; tc != NULL; tc = tc->next)
       for (unsigned c = 0; c < HM_CLASSES; c++)
-        cached += (size_t)hm_bin_count_racy(&tc->bins[c]) * hmi_class_size[c];
+        cached += (size_t)HM_BIN_COUNT_RACY(tc, c) * hmi_class_size[c];
     hm_unlock(&hmi_registry_lock);
     for (unsigned c = 0; c < HM_CLASSES; c++) /* transfer caches hold cached objects too */
       cached += __atomic_load_n(&hmi_central[c].xfer_objects, __ATOMIC_RELAXED) * hmi_class_size[c];

@@ -74,19 +74,18 @@ static void setup(hm_tcache_t *tc) {
   /* Frees made before set-up pushed with key 0 and mark 0 (the TLS copies were still zero):
    * re-link those objects under the real key. */
   for (unsigned c = 0; c < HM_CLASSES; c++) {
-    hm_bin_t *b = &tc->bins[c];
     void *list = NULL;
-    for (void *q = b->head; q != NULL;) {
+    for (void *q = tc->head[c]; q != NULL;) {
       void *next = hmi_next_checked_k(q, 0);
       *(void **)q = hmi_link(list, q);
       ((uintptr_t *)q)[1] = hmi_free_mark;
       list = q;
       q = next;
     }
-    b->head = list;
-    uint32_t count = hm_bin_count(b);
-    HM_RACY_SET(b->limit, class_limit[c]);
-    HM_RACY_SET(b->space, (int32_t)b->limit - (int32_t)count);
+    tc->head[c] = list;
+    uint32_t count = hm_bin_count(tc, c);
+    HM_RACY_SET(tc->limit[c], class_limit[c]);
+    HM_RACY_SET(tc->space[c], (int32_t)tc->limit[c] - (int32_t)count);
   }
   tc->list_key = hmi_list_key;
   tc->free_mark = hmi_free_mark;
@@ -113,26 +112,24 @@ void hmi_tcache_sync_hooks(void) {
   if (tc->state != HM_TC_LIVE || want == (tc->hooked != 0)) return;
   if (want) hmi_mcache_flush(tc);
   for (unsigned c = 0; c < HM_CLASSES; c++) {
-    hm_bin_t *b = &tc->bins[c];
-    if (want) flush(tc, c, hm_bin_count(b));
-    uint32_t count = hm_bin_count(b); /* before the limit changes: count = limit - space */
-    HM_RACY_SET(b->limit, want ? 0 : class_limit[c]);
-    HM_RACY_SET(b->space, (int32_t)b->limit - (int32_t)count);
+    if (want) flush(tc, c, hm_bin_count(tc, c));
+    uint32_t count = hm_bin_count(tc, c); /* before the limit changes: count = limit - space */
+    HM_RACY_SET(tc->limit[c], want ? 0 : class_limit[c]);
+    HM_RACY_SET(tc->space[c], (int32_t)tc->limit[c] - (int32_t)count);
   }
   tc->hooked = want;
 }
 
 /* Give `n` objects from the front of bin c back to the central lists. */
 static void flush(hm_tcache_t *tc, unsigned c, uint32_t n) {
-  hm_bin_t *b = &tc->bins[c];
-  uint32_t count = hm_bin_count(b);
+  uint32_t count = hm_bin_count(tc, c);
   if (n > count) n = count;
   if (n == 0) return;
-  void *head = b->head, *last = head;
+  void *head = tc->head[c], *last = head;
   for (uint32_t i = 1; i < n; i++) last = hmi_next_checked(last);
-  b->head = hmi_next_checked(last);
+  tc->head[c] = hmi_next_checked(last);
   *(void **)last = hmi_link(NULL, last);
-  HM_RACY_ADD(b->space, (int32_t)n);
+  HM_RACY_ADD(tc->space[c], (int32_t)n);
   HM_RACY_ADD(tc->stats.flushes, 1);
   HM_RACY_ADD(tc->stats.class_flush[c], 1);
   hmi_span_give(c, head, n);
@@ -141,7 +138,7 @@ static void flush(hm_tcache_t *tc, unsigned c, uint32_t n) {
 static size_t cached_bytes(const hm_tcache_t *tc) {
   size_t bytes = 0;
   for (unsigned c = 0; c < HM_CLASSES; c++)
-    bytes += (size_t)hm_bin_count(&tc->bins[c]) * hmi_class_size[c];
+    bytes += (size_t)hm_bin_count(tc, c) * hmi_class_size[c];
   return bytes;
 }
 
@@ -151,7 +148,7 @@ static void enforce_cap(hm_tcache_t *tc) {
   if (cached_bytes(tc) + tc->mcache_bytes > tc->bytes_cap) hmi_mcache_flush(tc);
   while (cached_bytes(tc) > tc->bytes_cap) {
     for (unsigned c = 0; c < HM_CLASSES; c++)
-      flush(tc, c, (hm_bin_count(&tc->bins[c]) + 1) / 2);
+      flush(tc, c, (hm_bin_count(tc, c) + 1) / 2);
   }
 }
 
@@ -160,24 +157,23 @@ void *hmi_tcache_alloc_slow(unsigned cls) {
   hmi_ensure_init();
   if (tc->state == HM_TC_NEW) setup(tc);
   else if (HM_UNLIKELY(hmi_hooks_on != tc->hooked)) hmi_tcache_sync_hooks();
-  hm_bin_t *b = &tc->bins[cls];
-  if (b->head != NULL) { /* set-up just re-linked an object of this class */
-    void *p = b->head;
-    b->head = hmi_next_checked(p);
+  if (tc->head[cls] != NULL) { /* set-up just re-linked an object of this class */
+    void *p = tc->head[cls];
+    tc->head[cls] = hmi_next_checked(p);
     ((uintptr_t *)p)[1] = 0;
-    HM_RACY_ADD(b->space, 1);
+    HM_RACY_ADD(tc->space[cls], 1);
     return p;
   }
   void *list;
-  uint32_t want = tc->state == HM_TC_LIVE && b->limit > 0 ? class_batch[cls] : 1;
+  uint32_t want = tc->state == HM_TC_LIVE && tc->limit[cls] > 0 ? class_batch[cls] : 1;
   uint32_t n = hmi_span_take(cls, want, &list);
   if (n == 0) return NULL;
   HM_RACY_ADD(tc->stats.refills, 1);
   HM_RACY_ADD(tc->stats.class_refill[cls], 1);
   void *p = list;
-  b->head = hmi_next_checked(p);
+  tc->head[cls] = hmi_next_checked(p);
   ((uintptr_t *)p)[1] = 0;
-  HM_RACY_ADD(b->space, -(int32_t)(n - 1));
+  HM_RACY_ADD(tc->space[cls], -(int32_t)(n - 1));
   if (n > 1) enforce_cap(tc);
   return p;
 }
@@ -189,16 +185,15 @@ void hmi_tcache_free_slow(void *p, unsigned cls) {
   if (tc->state == HM_TC_NEW) {
     hmi_ensure_init();
     setup(tc);
-    if (tc->bins[cls].space >= 0) return;
+    if (tc->space[cls] >= 0) return;
   } else if (HM_UNLIKELY(hmi_hooks_on != tc->hooked)) {
     hmi_tcache_sync_hooks();
   }
-  hm_bin_t *b = &tc->bins[cls];
-  if (tc->state != HM_TC_LIVE || b->limit == 0) {
-    flush(tc, cls, hm_bin_count(b));
+  if (tc->state != HM_TC_LIVE || tc->limit[cls] == 0) {
+    flush(tc, cls, hm_bin_count(tc, cls));
     return;
   }
-  flush(tc, cls, hm_bin_count(b) - b->limit / 2);
+  flush(tc, cls, hm_bin_count(tc, cls) - tc->limit[cls] / 2);
   enforce_cap(tc);
 }
 
@@ -212,19 +207,18 @@ void hmi_free_marked(void *p, unsigned cls) {
     hmi_ensure_init();
     setup(tc);
   }
-  hm_bin_t *b = &tc->bins[cls];
   if (((uintptr_t *)p)[1] == tc->free_mark) {
-    uint32_t i = 0, count = hm_bin_count(b);
-    for (void *q = b->head; q != NULL && i <= count; q = hmi_next_checked(q), i++)
+    uint32_t i = 0, count = hm_bin_count(tc, cls);
+    for (void *q = tc->head[cls]; q != NULL && i <= count; q = hmi_next_checked(q), i++)
       if (q == p) hmi_fatal("hmalloc: free(): double free %p\n", p);
     if (hmi_span_holds_free(p, cls)) hmi_fatal("hmalloc: free(): double free %p\n", p);
   }
-  *(void **)p = hmi_link(b->head, p);
+  *(void **)p = hmi_link(tc->head[cls], p);
   ((uintptr_t *)p)[1] = tc->free_mark;
-  b->head = p;
+  tc->head[cls] = p;
   HM_RACY_ADD(tc->stats.class_free[cls], 1);
-  HM_RACY_ADD(b->space, -1);
-  if (b->space < 0) hmi_tcache_free_slow(p, cls);
+  HM_RACY_ADD(tc->space[cls], -1);
+  if (tc->space[cls] < 0) hmi_tcache_free_slow(p, cls);
 }
 
 /* ---- medium cache ---- */
@@ -307,9 +301,9 @@ static void thread_exit(void *arg) {
   if (tc != &hmi_tcache || tc->state != HM_TC_LIVE) return;
   hmi_mcache_flush(tc);
   for (unsigned c = 0; c < HM_CLASSES; c++) {
-    flush(tc, c, hm_bin_count(&tc->bins[c]));
-    HM_RACY_SET(tc->bins[c].limit, 0);
-    HM_RACY_SET(tc->bins[c].space, 0);
+    flush(tc, c, hm_bin_count(tc, c));
+    HM_RACY_SET(tc->limit[c], 0);
+    HM_RACY_SET(tc->space[c], 0);
   }
   tc->state = HM_TC_DEAD;
   hm_lock(&hmi_registry_lock);
@@ -338,7 +332,7 @@ void hmi_tcache_sum(hm_tstats_t *out, size_t *cached) {
     out->refills += __atomic_load_n(&tc->stats.refills, __ATOMIC_RELAXED);
     out->flushes += __atomic_load_n(&tc->stats.flushes, __ATOMIC_RELAXED);
     for (unsigned c = 0; c < HM_CLASSES; c++)
-      bytes += (size_t)hm_bin_count_racy(&tc->bins[c]) * hmi_class_size[c];
+      bytes += (size_t)HM_BIN_COUNT_RACY(tc, c) * hmi_class_size[c];
   }
   hm_unlock(&hmi_registry_lock);
   for (unsigned c = 0; c < HM_CLASSES; c++)
@@ -363,7 +357,7 @@ void hmi_tcache_class_counts(size_t counts[HM_CLASSES]) {
     counts[c] += __atomic_load_n(&hmi_central[c].xfer_objects, __ATOMIC_RELAXED);
   hm_lock(&hmi_registry_lock);
   for (hm_tcache_t *tc = registry; tc; tc = tc->next)
-    for (unsigned c = 0; c < HM_CLASSES; c++) counts[c] += hm_bin_count_racy(&tc->bins[c]);
+    for (unsigned c = 0; c < HM_CLASSES; c++) counts[c] += HM_BIN_COUNT_RACY(tc, c);
   hm_unlock(&hmi_registry_lock);
 }
 

@@ -104,24 +104,18 @@ typedef struct hm_central_s {
   uint32_t xfer_count[HM_XFER_SLOTS];
 } __attribute__((aligned(64))) hm_central_t;
 
-/* Per-thread, per-class free list: popped and pushed with no lock and no atomic.
- * The list holds limit - space objects; a push that takes space below 0 goes to the slow
- * path (one decrement and one sign test on the fast path).  All zero before set-up. */
-typedef struct hm_bin_s {
-  void *head;      /* singly linked through the first word of each free object */
-  int32_t space;   /* pushes left before the list is over its limit */
-  uint32_t limit;  /* objects the list may hold; 0 before set-up and after thread exit */
-} hm_bin_t;
-static inline uint32_t hm_bin_count(const hm_bin_t *b) {
-  return (uint32_t)((int32_t)b->limit - b->space);
-}
+/* Per-thread, per-class free lists (in hm_tcache_t, as three arrays indexed by class so the
+ * fast paths address each word straight off the thread pointer): popped and pushed with no
+ * lock and no atomic.  List c holds limit[c] - space[c] objects; a push that takes space[c]
+ * below 0 goes to the slow path (one decrement and one sign test on the fast path).  All
+ * zero before set-up. */
+#define hm_bin_count(tc, c) ((uint32_t)((int32_t)(tc)->limit[c] - (tc)->space[c]))
 /* The same, read from another thread (stats): each word is read once, atomically. */
-static inline uint32_t hm_bin_count_racy(const hm_bin_t *b) {
-  int32_t space = __atomic_load_n(&b->space, __ATOMIC_RELAXED);
-  uint32_t limit = __atomic_load_n(&b->limit, __ATOMIC_RELAXED);
-  int32_t n = (int32_t)limit - space;
+static inline uint32_t hm_bin_count_racy(const int32_t *space, const uint32_t *limit) {
+  int32_t n = (int32_t)__atomic_load_n(limit, __ATOMIC_RELAXED) - __atomic_load_n(space, __ATOMIC_RELAXED);
   return n > 0 ? (uint32_t)n : 0;
 }
+#define HM_BIN_COUNT_RACY(tc, c) hm_bin_count_racy(&(tc)->space[c], &(tc)->limit[c])
 
 /* Per-thread counters, summed on read; written only by their thread.  Small-tier calls are
  * counted per class (the fast path adds to class_malloc[cls] where it would otherwise add
@@ -140,9 +134,12 @@ typedef struct hm_tstats_s {
  * limits zero, so the first malloc and the first free fall into the slow path, which sets
  * the cache up.  No "initialised?" test is needed on the fast path. */
 typedef struct hm_tcache_s {
+  void *head[HM_CLASSES];    /* free lists, linked through each object's first word; first
+                              * in the struct so the fast path indexes it with no offset */
+  int32_t space[HM_CLASSES]; /* pushes left before list c is over its limit */
+  uint32_t limit[HM_CLASSES]; /* objects list c may hold; 0 before set-up and after exit */
   uintptr_t list_key;  /* copies of hmi_list_key and hmi_free_mark, reachable from the */
   uintptr_t free_mark; /* thread pointer without a global load; 0 until set-up */
-  hm_bin_t bins[HM_CLASSES];
   hm_tstats_t stats;
   /* Medium blocks of up to HM_MCACHE_MAX bytes, kept whole per thread (still in use for
    * their arena), so a malloc/free pair of a medium size takes no lock.  Linked like the

@@ -121,7 +121,7 @@ Test(hooks, removing_hooks_stops_calls_and_restores_the_cache, .init = follow_me
   n_events = 0;
   for (int i = 0; i < 100; i++) free(malloc(32));
   cr_assert_eq(n_events, 0);
-  cr_assert_gt(tc->bins[hmi_size_class(32)].limit, 0);
+  cr_assert_gt(tc->limit[hmi_size_class(32)], 0);
 }
 
 static void *thread_body(void *arg) {

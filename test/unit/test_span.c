@@ -38,7 +38,7 @@ Test(span, empty_spans_return_to_the_medium_heap) {
   cr_assert_gt(spans, 60);
   for (int i = 0; i < N; i++) free(p[i]);
   hm_tcache_t *tc = &hmi_tcache;
-  cr_assert_leq(hm_bin_count(&tc->bins[cls]), tc->bins[cls].limit);
+  cr_assert_leq(hm_bin_count(tc, cls), tc->limit[cls]);
   cr_assert_lt(c->span_count, spans / 4, "emptied spans were released");
   cr_assert_gt(c->spans_released, 0);
   cr_assert_eq(hm_heap_check(), 0);
@@ -50,7 +50,7 @@ Test(span, tcache_refill_and_flush_in_batches) {
   hm_tcache_t *tc = &hmi_tcache;
   void *p = malloc(64);
   uint64_t refills = tc->stats.refills;
-  uint32_t count = hm_bin_count(&tc->bins[cls]);
+  uint32_t count = hm_bin_count(tc, cls);
   cr_assert_gt(count, 0, "a refill brings a batch, not one object");
   for (uint32_t i = 0; i < count; i++) free(malloc(64)), (void)0;
   cr_assert_eq(tc->stats.refills, refills, "served from the cache");
@@ -59,7 +59,7 @@ Test(span, tcache_refill_and_flush_in_batches) {
   uint64_t flushes = tc->stats.flushes;
   for (int i = 0; i < 5000; i++) free(q[i]);
   cr_assert_gt(tc->stats.flushes, flushes);
-  cr_assert_leq(hm_bin_count(&tc->bins[cls]), tc->bins[cls].limit);
+  cr_assert_leq(hm_bin_count(tc, cls), tc->limit[cls]);
   free(p);
 }
 
@@ -73,9 +73,9 @@ Test(span, cache_stays_under_its_byte_cap) {
     for (int i = 0; i < 200; i++) free(q[c][i]);
   size_t bytes = 0, biggest = 0;
   for (unsigned c = 0; c < HM_CLASSES; c++) {
-    bytes += (size_t)hm_bin_count(&tc->bins[c]) * hmi_class_size[c];
-    if ((size_t)tc->bins[c].limit * hmi_class_size[c] > biggest)
-      biggest = (size_t)tc->bins[c].limit * hmi_class_size[c];
+    bytes += (size_t)hm_bin_count(tc, c) * hmi_class_size[c];
+    if ((size_t)tc->limit[c] * hmi_class_size[c] > biggest)
+      biggest = (size_t)tc->limit[c] * hmi_class_size[c];
   }
   cr_assert_leq(bytes, hmi_options.tcache_max + biggest);
 }
@@ -114,7 +114,7 @@ Test(span, flushed_batches_go_through_the_transfer_cache) {
   /* empty this thread's list, then a refill takes a whole batch back */
   hm_tcache_t *tc = &hmi_tcache;
   static void *q[3000];
-  uint32_t cached = hm_bin_count(&tc->bins[cls]);
+  uint32_t cached = hm_bin_count(tc, cls);
   for (uint32_t i = 0; i <= cached; i++) q[i] = malloc(200);
   cr_assert_eq(c->xfer_n, held - 1, "the refill took one batch");
   for (uint32_t i = 0; i <= cached; i++) free(q[i]);
