@@ -7,6 +7,7 @@
  * address inside the block finds no entry and is refused.  The header's check word ties it to
  * its own address and size, so user data cannot pass for a header.
  * Counters are under hmi_large_lock, which is never held across a system call. */
+#include <string.h>
 #include <sys/mman.h>
 
 #include "internal.h"
@@ -50,16 +51,29 @@ static void unlink_live(hm_large_t *h) {
 /* ---- cache of freed mappings ----
  * An mmap and munmap per block cost microseconds, and every page of a fresh mapping faults
  * when first touched: a program that allocates and frees large buffers in a loop pays that
- * each time (mimalloc#447).  Up to CACHE_SLOTS freed mappings, CACHE_BYTES in all, are kept;
- * a later request takes the smallest that fits and gives back (munmap) any tail beyond an
- * eighth to spare: a syscall, but no page faults for the pages it keeps.  The oldest go
- * first when the cache is full, and malloc_trim empties it.  Under hmi_large_lock. */
-#define CACHE_SLOTS 16
+ * each time (mimalloc#447).  Up to CACHE_SLOTS freed mappings (or pieces of them),
+ * CACHE_BYTES in all, are kept with their pages resident, and a request is served from them
+ * with as few new page faults as possible:
+ *   - the smallest kept mapping that fits is used; a tail beyond an eighth to spare is split
+ *     off and kept as a mapping of its own (its pages stay resident for a later request);
+ *   - if none fits, the block is assembled from kept mappings moved next to each other with
+ *     mremap (the kernel moves page tables, nothing is copied); only the rest faults.
+ * So memory that a program frees and allocates again in other sizes stays resident, bounded
+ * by CACHE_BYTES above what is live.  The oldest go first when the cache is full, and
+ * malloc_trim (or a failed mmap, os.c) empties it.
+ * An assembled block spans several kernel mappings (VMAs: moved pages do not merge with
+ * their new neighbours).  mremap resizes one VMA only, and a process may have only
+ * vm.max_map_count of them, so each block and kept mapping records where its VMAs begin
+ * (hm_vmas_t): assembly stops at HM_LARGE_MAX_VMAS, and realloc moves a block of several
+ * VMAs to a fresh mapping once (hmi_large_realloc).
+ * The slots are under hmi_large_lock; no system call is made while holding it. */
+#define CACHE_SLOTS 32
 #define CACHE_BYTES ((size_t)64 << 20)
 static struct {
   uintptr_t map;
   size_t size;
   uint64_t age;
+  hm_vmas_t vmas;
 } cache[CACHE_SLOTS];
 static uint64_t cache_clock;
 size_t hmi_large_cached_bytes;
@@ -75,29 +89,29 @@ static void large_munmap(void *p, size_t size) {
   hmi_os_munmap(p, size);
 }
 
-static uintptr_t cache_take(size_t need, size_t *got) {
-  int best = -1;
-  hm_lock(&hmi_large_lock);
-  for (int i = 0; i < CACHE_SLOTS; i++)
-    if (cache[i].map && cache[i].size >= need && (best < 0 || cache[i].size < cache[best].size))
-      best = i;
-  uintptr_t map = 0;
-  if (best >= 0) {
-    map = cache[best].map;
-    *got = cache[best].size;
-    cache[best].map = 0;
-    HM_RACY_ADD(hmi_large_cached_bytes, -*got);
+/* The VMAs of a mapping cut in two at page offset `at`. */
+static void vmas_split(const hm_vmas_t *all, uint32_t at, hm_vmas_t *head, hm_vmas_t *tail) {
+  hm_vmas_t h = {0}, t = {0};
+  for (uint32_t i = 0; i < all->n; i++) {
+    if (all->cut[i] < at) h.cut[h.n++] = all->cut[i];
+    else if (all->cut[i] > at) t.cut[t.n++] = all->cut[i] - at;
   }
-  hm_unlock(&hmi_large_lock);
-  if (map != 0 && *got - need > need / 8 && *got - need >= ((size_t)64 << 10)) {
-    large_munmap((void *)(map + need), *got - need);
-    *got = need;
-  }
+  *head = h;
+  *tail = t;
+}
+
+/* Remove slot i from the cache (caller holds the lock). */
+static uintptr_t slot_take(int i, size_t *size, hm_vmas_t *vmas) {
+  uintptr_t map = cache[i].map;
+  *size = cache[i].size;
+  *vmas = cache[i].vmas;
+  cache[i].map = 0;
+  HM_RACY_ADD(hmi_large_cached_bytes, -*size);
   return map;
 }
 
 /* Keep a freed mapping; false if it is too big to keep (the caller unmaps it). */
-static bool cache_put(uintptr_t map, size_t size) {
+static bool cache_put(uintptr_t map, size_t size, const hm_vmas_t *vmas) {
   if (size > CACHE_BYTES / 2) return false;
   struct { uintptr_t map; size_t size; } evicted[CACHE_SLOTS];
   int n_evicted = 0;
@@ -111,18 +125,90 @@ static bool cache_put(uintptr_t map, size_t size) {
     if (free_slot >= 0 && hmi_large_cached_bytes + size <= CACHE_BYTES) {
       cache[free_slot].map = map;
       cache[free_slot].size = size;
+      cache[free_slot].vmas = *vmas;
       cache[free_slot].age = ++cache_clock;
       HM_RACY_ADD(hmi_large_cached_bytes, size);
       break;
     }
-    evicted[n_evicted].map = cache[oldest].map;
-    evicted[n_evicted++].size = cache[oldest].size;
-    HM_RACY_ADD(hmi_large_cached_bytes, -cache[oldest].size);
-    cache[oldest].map = 0;
+    hm_vmas_t unused;
+    evicted[n_evicted].map = slot_take(oldest, &evicted[n_evicted].size, &unused);
+    n_evicted++;
   }
   hm_unlock(&hmi_large_lock);
   for (int i = 0; i < n_evicted; i++) large_munmap((void *)evicted[i].map, evicted[i].size);
   return true;
+}
+
+static void keep_or_unmap(uintptr_t map, size_t size, const hm_vmas_t *vmas) {
+  if (!cache_put(map, size, vmas)) large_munmap((void *)map, size);
+}
+
+/* Take a kept mapping for a block of `need` bytes (a multiple of the page size): its start,
+ * with *got set to its size (at least need) and *vmas to its VMAs, or 0 if the cache cannot
+ * serve it. */
+static uintptr_t cache_take(size_t need, size_t *got, hm_vmas_t *vmas) {
+  int fit = -1;
+  hm_lock(&hmi_large_lock);
+  for (int i = 0; i < CACHE_SLOTS; i++)
+    if (cache[i].map != 0 && cache[i].size >= need && (fit < 0 || cache[i].size < cache[fit].size))
+      fit = i;
+  uintptr_t map = 0;
+  size_t size = 0;
+  if (fit >= 0) map = slot_take(fit, &size, vmas);
+  hm_unlock(&hmi_large_lock);
+  if (map != 0) {
+    if (size - need > need / 8 && size - need >= ((size_t)64 << 10)) {
+      /* split: the tail stays kept, resident, for a later request */
+      hm_vmas_t tail;
+      vmas_split(vmas, (uint32_t)(need / HM_PAGE), vmas, &tail);
+      keep_or_unmap(map + need, size - need, &tail);
+      size = need;
+    }
+    *got = size;
+    return map;
+  }
+  /* None fits alone: assemble the block from kept pieces.  Map the range, then move the
+   * biggest pieces that still fit into it, one after another, while the block stays within
+   * HM_LARGE_MAX_VMAS (one cut where each piece starts, its own cuts, and one where the
+   * fresh rest begins); only that rest faults when touched.  A piece of several VMAs moves
+   * only on kernels that allow it (6.17 and later); elsewhere it stays kept. */
+  uintptr_t block = 0;
+  size_t filled = 0;
+  hm_vmas_t v = {0};
+  for (;;) {
+    /* cuts left for the piece's own: minus its start's and the fresh rest's */
+    int room = (HM_LARGE_MAX_VMAS - 1) - (int)v.n - (filled > 0) - 1;
+    if (room < 0) break;
+    int take = -1;
+    hm_lock(&hmi_large_lock);
+    for (int i = 0; i < CACHE_SLOTS; i++)
+      if (cache[i].map != 0 && cache[i].size <= need - filled && (int)cache[i].vmas.n <= room &&
+          (take < 0 || cache[i].size > cache[take].size))
+        take = i;
+    size_t piece_size = 0;
+    hm_vmas_t pv;
+    uintptr_t piece = take >= 0 ? slot_take(take, &piece_size, &pv) : 0;
+    hm_unlock(&hmi_large_lock);
+    if (piece == 0) break;
+    if (block == 0 && (block = (uintptr_t)large_mmap(need)) == 0) {
+      keep_or_unmap(piece, piece_size, &pv);
+      return 0;
+    }
+    if (hmi_os_mremap_to((void *)piece, piece_size, piece_size, (void *)(block + filled)) == NULL) {
+      keep_or_unmap(piece, piece_size, &pv);
+      break;
+    }
+    uint32_t at = (uint32_t)(filled / HM_PAGE);
+    if (filled > 0) v.cut[v.n++] = at;
+    for (uint32_t i = 0; i < pv.n; i++) v.cut[v.n++] = at + pv.cut[i];
+    filled += piece_size;
+    if (need - filled < HM_PAGE) break;
+  }
+  if (block == 0) return 0;
+  if (filled < need) v.cut[v.n++] = (uint32_t)(filled / HM_PAGE);
+  *vmas = v;
+  *got = need;
+  return block;
 }
 
 /* malloc_trim: unmap every cached mapping.  Returns true if there was any. */
@@ -162,9 +248,10 @@ static void *large_alloc(size_t size, size_t align, bool guard) {
   size_t map_size = hm_align_up(size + HM_LARGE_HEADER + extra, HM_PAGE) + (guard ? HM_PAGE : 0);
   uintptr_t map = 0;
   bool recycled = false;
+  hm_vmas_t vmas = {0};
   if (!guard && !extra) {
     size_t got;
-    map = cache_take(map_size, &got);
+    map = cache_take(map_size, &got, &vmas);
     if (map != 0) map_size = got, recycled = true;
   }
   if (map == 0) map = (uintptr_t)large_mmap(map_size);
@@ -186,6 +273,7 @@ static void *large_alloc(size_t size, size_t align, bool guard) {
   h->map_size = map_size;
   h->guard = guard ? HM_PAGE : 0;
   h->recycled = recycled;
+  h->vmas = vmas;
   h->check = large_check(h);
   if (guard) mprotect((void *)(map + map_size - HM_PAGE), HM_PAGE, PROT_NONE);
   if (!publish(h)) {
@@ -214,11 +302,35 @@ void hmi_large_free(hm_large_t *h) {
   bool keep = h->guard == 0;
   h->check = 0; /* a stale copy of the pointer no longer validates */
   hmi_pagemap_set(hm_page_floor((uintptr_t)h + HM_LARGE_HEADER), 1, HM_PM_FREED_LARGE);
-  if (!keep || !cache_put(map, map_size)) large_munmap((void *)map, map_size);
+  hm_vmas_t vmas = h->vmas;
+  if (keep) keep_or_unmap(map, map_size, &vmas);
+  else large_munmap((void *)map, map_size);
 }
 
 size_t hmi_large_usable(hm_large_t *h) {
   return h->map + h->map_size - h->guard - ((uintptr_t)h + HM_LARGE_HEADER);
+}
+
+/* A block assembled from several kept mappings cannot be resized by mremap (one VMA at a
+ * time): copy its `keep` bytes to a fresh mapping of new_size once, and keep the old one. */
+static void *realloc_to_fresh(hm_large_t *h, size_t keep, size_t new_size) {
+  hm_large_t *nh = large_mmap(new_size);
+  if (nh == NULL) return NULL;
+  nh->map = (uintptr_t)nh;
+  nh->map_size = new_size;
+  nh->guard = 0;
+  nh->recycled = 0;
+  nh->vmas.n = 0;
+  nh->check = large_check(nh);
+  if (!publish(nh)) {
+    large_munmap(nh, new_size);
+    return NULL;
+  }
+  memcpy((char *)nh + HM_LARGE_HEADER, (char *)h + HM_LARGE_HEADER, keep);
+  link_live(nh);
+  hmi_large_free(h);
+  hmi_stats_note_mapped();
+  return (char *)nh + HM_LARGE_HEADER;
 }
 
 /* Resize with mremap: no copy, the kernel moves page tables.  Only for blocks whose header is
@@ -238,6 +350,7 @@ void *hmi_large_realloc(hm_large_t *h, size_t size) {
     new_size = hm_align_up(old_size + old_size / 4, HM_PAGE);
   if (new_size == old_size) return (void *)((uintptr_t)h + HM_LARGE_HEADER);
   uintptr_t old_user_page = hm_page_floor((uintptr_t)h + HM_LARGE_HEADER);
+  if (h->vmas.n > 0) return realloc_to_fresh(h, size < usable ? size : usable, new_size);
   unlink_live(h);
   /* In place if the kernel can; otherwise move the pages (no copy) to a range reserved first
    * and whose page-map leaf exists, so that nothing can fail once the block has moved (a

@@ -213,6 +213,16 @@ typedef struct hm_arena_s {
 
 /* ---- large tier --------------------------------------------------------------------------
  * Sits HM_LARGE_HEADER bytes before the user pointer, inside the mapping. */
+/* Where a large mapping's pages change kernel mapping (VMA): a block assembled from kept
+ * mappings (large.c) is several VMAs, which mremap cannot resize as one.  cut[0..n-1] are
+ * the page offsets, ascending, at which a new VMA begins; n == 0 for a single VMA.  An upper
+ * bound: the kernel may merge neighbours. */
+#define HM_LARGE_MAX_VMAS 8
+typedef struct hm_vmas_s {
+  uint32_t n;
+  uint32_t cut[HM_LARGE_MAX_VMAS - 1];
+} hm_vmas_t;
+
 typedef struct hm_large_s {
   uintptr_t map;       /* start of the mapping */
   size_t map_size;     /* bytes mapped */
@@ -220,6 +230,7 @@ typedef struct hm_large_s {
   struct hm_large_s *next, *prev; /* every live large block, under hmi_large_lock */
   size_t guard;        /* bytes of PROT_NONE guard at the end of the mapping (HMALLOC_CHECK) */
   size_t recycled;     /* the mapping came from the cache of freed ones: not zero-filled */
+  hm_vmas_t vmas;      /* the kernel mappings (VMAs) it is made of (large.c) */
 } hm_large_t;
 
 /* ---- options (options.c) ---------------------------------------------------------------- */

@@ -70,6 +70,7 @@ Test(large, threshold_boundary_and_mallopt) {
 
 Test(large, realloc_uses_mremap_without_copy) {
   hmi_ensure_init();
+  malloc_trim(0); /* a fresh mapping, not one assembled from kept ones (tested below) */
   size_t n = 4 << 20;
   unsigned char *p = malloc(n);
   for (size_t i = 0; i < n; i += 4096) p[i] = (unsigned char)(i >> 12);
@@ -147,4 +148,120 @@ Test(large, empty_over_aligned_blocks_own_their_page) {
   }
   for (int i = 0; i < 16; i++) free(p[i]);
   cr_assert_eq(hm_heap_check(), 0);
+}
+
+/* Minor page faults of this process so far. */
+#include <sys/resource.h>
+static long minor_faults(void) {
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  return ru.ru_minflt;
+}
+
+/* Kernel mappings (lines of /proc/self/maps) that overlap [p, p + n). */
+#include <stdio.h>
+static int vmas_over(const void *p, size_t n) {
+  FILE *f = fopen("/proc/self/maps", "r");
+  cr_assert_not_null(f);
+  unsigned long lo, hi, a = (unsigned long)p, b = a + n;
+  int count = 0;
+  char line[512];
+  while (fgets(line, sizeof line, f))
+    if (sscanf(line, "%lx-%lx", &lo, &hi) == 2 && lo < b && hi > a) count++;
+  fclose(f);
+  return count;
+}
+
+/* Kept mappings keep their pages resident: a block built from them, by splitting a bigger
+ * one or by moving several smaller ones next to each other, faults (almost) no page when
+ * touched again, and its contents are the block's own (recycled: calloc still zeroes). */
+Test(large, kept_mappings_are_split_and_assembled_without_new_faults) {
+  hmi_ensure_init();
+  malloc_trim(0); /* an empty cache to start from */
+  const size_t MiB = 1 << 20, pages_per_mib = MiB / HM_PAGE;
+  /* split: one 8 MiB block freed, then 2 MiB and 5 MiB taken out of it */
+  char *big = malloc(8 * MiB);
+  cr_assert_not_null(big);
+  memset(big, 1, 8 * MiB);
+  free(big);
+  long before = minor_faults();
+  char *a = malloc(2 * MiB), *b = malloc(5 * MiB);
+  cr_assert(a && b);
+  memset(a, 2, 2 * MiB);
+  memset(b, 3, 5 * MiB);
+  long faults = minor_faults() - before;
+  cr_expect_lt(faults, (long)pages_per_mib / 4, "%ld faults touching 7 MiB carved from a kept 8 MiB", faults);
+  free(a);
+  free(b);
+  /* assembly: three blocks mapped with 1 MiB each freed, then one mapped with 3 MiB */
+  malloc_trim(0);
+  char *q[3];
+  for (int i = 0; i < 3; i++) {
+    q[i] = malloc(MiB - 4096);
+    cr_assert_not_null(q[i]);
+    memset(q[i], 4, MiB - 4096);
+  }
+  for (int i = 0; i < 3; i++) free(q[i]);
+  before = minor_faults();
+  size_t n = 3 * MiB - 4096;
+  char *whole = calloc(1, n);
+  cr_assert_not_null(whole);
+  for (size_t i = 0; i < n; i += 512)
+    cr_assert_eq(whole[i], 0, "calloc of a recycled block is not zero at %zu", i);
+  memset(whole, 5, n);
+  faults = minor_faults() - before;
+  cr_expect_lt(faults, (long)pages_per_mib / 4, "%ld faults touching 3 MiB assembled from kept 1 MiB mappings", faults);
+  /* the block records the kernel mappings it is made of, at most HM_LARGE_MAX_VMAS */
+  hm_large_t *h = (hm_large_t *)((uintptr_t)whole - HM_LARGE_HEADER);
+  cr_expect_leq(vmas_over(whole, n), (int)h->vmas.n + 1);
+  cr_expect_leq(h->vmas.n + 1, HM_LARGE_MAX_VMAS);
+  cr_expect_eq(hm_heap_check(), 0);
+  /* an assembled block spans several kernel mappings, which mremap cannot resize: realloc
+   * moves it to one fresh mapping, contents intact, and resizes that one by mremap after */
+  char *grown = realloc(whole, 8 * MiB);
+  cr_assert_not_null(grown);
+  for (size_t i = 0; i < n; i += 4096) cr_assert_eq(grown[i], 5, "realloc lost byte %zu", i);
+  memset(grown, 6, 8 * MiB);
+  uint64_t mremaps = hmi_os_mremap_calls;
+  whole = realloc(grown, 32 * MiB);
+  cr_assert_not_null(whole);
+  cr_expect_gt(hmi_os_mremap_calls, mremaps, "the moved block is resized by mremap");
+  for (size_t i = 0; i < 8 * MiB; i += 4096) cr_assert_eq(whole[i], 6, "realloc lost byte %zu", i);
+  cr_expect_eq(hm_heap_check(), 0);
+  free(whole);
+  malloc_trim(0);
+  cr_expect_eq(hmi_large_cached_bytes, 0);
+}
+
+/* Many frees and allocations of mixed large sizes: every live block stays within
+ * HM_LARGE_MAX_VMAS kernel mappings, as its record says, and the contents survive. */
+Test(large, assembled_blocks_stay_within_their_vma_bound) {
+  hmi_ensure_init();
+  enum { LIVE = 12 };
+  char *p[LIVE] = {0};
+  size_t n[LIVE] = {0};
+  unsigned seed = 7;
+  for (int step = 0; step < 3000; step++) {
+    seed = seed * 1103515245u + 12345u;
+    int i = (int)((seed >> 8) % LIVE);
+    if (p[i]) {
+      cr_assert_eq(p[i][0], (char)i);
+      cr_assert_eq(p[i][n[i] - 1], (char)i);
+      free(p[i]);
+    }
+    seed = seed * 1103515245u + 12345u;
+    n[i] = ((size_t)128 << 10) + (seed >> 4) % ((size_t)6 << 20);
+    p[i] = malloc(n[i]);
+    cr_assert_not_null(p[i]);
+    p[i][0] = p[i][n[i] - 1] = (char)i;
+    if (step % 100 == 0)
+      for (int k = 0; k < LIVE; k++) {
+        if (!p[k]) continue;
+        hm_large_t *h = (hm_large_t *)((uintptr_t)p[k] - HM_LARGE_HEADER);
+        cr_assert_leq(h->vmas.n + 1, HM_LARGE_MAX_VMAS);
+        cr_assert_leq(vmas_over(p[k], n[k]), (int)h->vmas.n + 1, "block %p: more VMAs than recorded", p[k]);
+      }
+  }
+  cr_expect_eq(hm_heap_check(), 0);
+  for (int i = 0; i < LIVE; i++) free(p[i]);
 }
