@@ -74,6 +74,7 @@ static struct {
   size_t size;
   uint64_t age;
   hm_vmas_t vmas;
+  uintptr_t tail_of; /* the block whose mapping this is the shrunk-off tail of, or 0 */
 } cache[CACHE_SLOTS];
 static uint64_t cache_clock;
 size_t hmi_large_cached_bytes;
@@ -126,6 +127,7 @@ static bool cache_put(uintptr_t map, size_t size, const hm_vmas_t *vmas) {
       cache[free_slot].map = map;
       cache[free_slot].size = size;
       cache[free_slot].vmas = *vmas;
+      cache[free_slot].tail_of = 0;
       cache[free_slot].age = ++cache_clock;
       HM_RACY_ADD(hmi_large_cached_bytes, size);
       break;
@@ -333,6 +335,42 @@ static void *realloc_to_fresh(hm_large_t *h, size_t keep, size_t new_size) {
   return (char *)nh + HM_LARGE_HEADER;
 }
 
+/* The kept mapping at `map`, if still kept, is the tail shrunk off block `block`. */
+static void mark_tail_of(uintptr_t map, uintptr_t block) {
+  hm_lock(&hmi_large_lock);
+  for (int i = 0; i < CACHE_SLOTS; i++)
+    if (cache[i].map == map) cache[i].tail_of = block;
+  hm_unlock(&hmi_large_lock);
+}
+
+/* Growing block h: if the tail shrunk off it is still kept, right after it and in its VMA,
+ * take it back (no system call, its pages still resident), keeping any excess beyond
+ * new_size.  True if the block grew. */
+static bool take_back_tail(hm_large_t *h, size_t new_size) {
+  uintptr_t end = h->map + h->map_size, map = 0;
+  size_t size = 0;
+  hm_vmas_t vmas;
+  hm_lock(&hmi_large_lock);
+  for (int i = 0; i < CACHE_SLOTS; i++)
+    if (cache[i].map == end && cache[i].tail_of == h->map) {
+      map = slot_take(i, &size, &vmas);
+      break;
+    }
+  hm_unlock(&hmi_large_lock);
+  if (map == 0) return false;
+  size_t grow = size;
+  if (h->map_size + size > new_size + ((size_t)64 << 10)) { /* keep the excess kept */
+    grow = new_size - h->map_size;
+    if (cache_put(map + grow, size - grow, &vmas)) mark_tail_of(map + grow, h->map);
+    else large_munmap((void *)(map + grow), size - grow);
+  }
+  unlink_live(h);
+  h->map_size += grow;
+  h->check = large_check(h);
+  link_live(h);
+  return true;
+}
+
 /* Resize with mremap: no copy, the kernel moves page tables.  Only for blocks whose header is
  * at the start of their mapping (not over-aligned: mremap may move it to any page).
  * Returns the new user pointer, or NULL when the caller must allocate, copy and free. */
@@ -351,6 +389,25 @@ void *hmi_large_realloc(hm_large_t *h, size_t size) {
   if (new_size == old_size) return (void *)((uintptr_t)h + HM_LARGE_HEADER);
   uintptr_t old_user_page = hm_page_floor((uintptr_t)h + HM_LARGE_HEADER);
   if (h->vmas.n > 0) return realloc_to_fresh(h, size < usable ? size : usable, new_size);
+  if (new_size < old_size && old_size - new_size >= ((size_t)64 << 10)) {
+    /* Shrink without a system call: the tail becomes a kept mapping, its pages resident for
+     * the next large request (a buffer shrunk and grown again, as parsers and vectors do,
+     * would otherwise fault them all in again).  Both halves stay in one VMA. */
+    unlink_live(h);
+    h->map_size = new_size;
+    h->check = large_check(h);
+    link_live(h);
+    hm_vmas_t single = {0};
+    if (cache_put(h->map + new_size, old_size - new_size, &single))
+      mark_tail_of(h->map + new_size, h->map);
+    else
+      large_munmap((void *)(h->map + new_size), old_size - new_size);
+    return (void *)((uintptr_t)h + HM_LARGE_HEADER);
+  }
+  if (new_size > old_size && take_back_tail(h, new_size)) {
+    if (h->map_size >= new_size) return (void *)((uintptr_t)h + HM_LARGE_HEADER);
+    old_size = h->map_size; /* grown by the tail; mremap does the rest */
+  }
   unlink_live(h);
   /* In place if the kernel can; otherwise move the pages (no copy) to a range reserved first
    * and whose page-map leaf exists, so that nothing can fail once the block has moved (a

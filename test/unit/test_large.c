@@ -265,3 +265,36 @@ Test(large, assembled_blocks_stay_within_their_vma_bound) {
   cr_expect_eq(hm_heap_check(), 0);
   for (int i = 0; i < LIVE; i++) free(p[i]);
 }
+
+/* realloc shrinking a large block keeps the cut-off tail resident, with no system call, and
+ * growing it again takes the tail back in place: same address, no mremap, no page faults. */
+Test(large, shrink_keeps_the_tail_and_regrowth_takes_it_back) {
+  hmi_ensure_init();
+  malloc_trim(0);
+  const size_t MiB = 1 << 20;
+  char *p = malloc(4 * MiB);
+  cr_assert_not_null(p);
+  memset(p, 7, 4 * MiB);
+  uint64_t mremaps = hmi_os_mremap_calls, munmaps = hmi_os_munmap_calls;
+  char *q = realloc(p, MiB);
+  cr_assert_eq(q, p, "shrinking stays in place");
+  cr_expect_eq(hmi_os_munmap_calls, munmaps, "no munmap to shrink");
+  cr_expect_eq(hmi_os_mremap_calls, mremaps, "no mremap to shrink");
+  cr_expect_geq(hmi_large_cached_bytes, 2 * MiB, "the tail is kept");
+  cr_expect_eq(hm_heap_check(), 0);
+  long before = minor_faults();
+  char *r = realloc(q, 4 * MiB - 4096);
+  cr_assert_eq(r, p, "regrowth takes the kept tail back in place");
+  cr_expect_eq(hmi_os_mremap_calls, mremaps, "without mremap");
+  for (size_t i = 0; i < MiB; i += 4096) cr_assert_eq(r[i], 7, "byte %zu lost", i);
+  memset(r, 8, 4 * MiB - 4096);
+  long faults = minor_faults() - before;
+  cr_expect_lt(faults, 64, "%ld page faults touching the regrown block", faults);
+  cr_expect_eq(hm_heap_check(), 0);
+  /* growing beyond the tail: mremap does the rest, contents intact */
+  char *s = realloc(r, 16 * MiB);
+  cr_assert_not_null(s);
+  for (size_t i = 0; i < 4 * MiB - 4096; i += 4096) cr_assert_eq(s[i], 8, "byte %zu lost", i);
+  cr_expect_eq(hm_heap_check(), 0);
+  free(s);
+}
