@@ -1,4 +1,5 @@
-/* large.c - the large tier: one mmap per block, munmap on free, mremap on realloc.
+/* large.c - the large tier: one mmap per block, mremap on realloc, and a cache of freed
+ * mappings (kept resident, split, assembled into bigger blocks, taken back on regrowth).
  *
  * Layout: the header (hm_large_t) sits HM_LARGE_HEADER bytes before the user pointer, inside
  * the mapping; for an over-aligned block the mapping's unused head and tail are unmapped, so
