@@ -12,6 +12,7 @@
 #include <sys/mman.h>
 
 #include "internal.h"
+#include "vg.h"
 
 hm_lock_t hmi_large_lock = HM_LOCK_INIT;
 size_t hmi_large_count, hmi_large_bytes;
@@ -264,6 +265,7 @@ static void *large_alloc(size_t size, size_t align, bool guard) {
     user = (map + map_size - HM_PAGE - size) & ~(uintptr_t)(align - 1);
   if (guard && extra) user = hm_align_up(map + HM_LARGE_HEADER, align);
   hm_large_t *h = (hm_large_t *)(user - HM_LARGE_HEADER);
+  HM_VG_OWN(h, HM_LARGE_HEADER);
   if (extra) { /* give back the head and tail that alignment did not need */
     uintptr_t keep_start = hm_page_floor((uintptr_t)h);
     uintptr_t keep_end = hm_align_up(user + size, HM_PAGE) + (guard ? HM_PAGE : 0);
@@ -329,7 +331,7 @@ static void *realloc_to_fresh(hm_large_t *h, size_t keep, size_t new_size) {
     large_munmap(nh, new_size);
     return NULL;
   }
-  memcpy((char *)nh + HM_LARGE_HEADER, (char *)h + HM_LARGE_HEADER, keep);
+  HM_VG_QUIET(memcpy((char *)nh + HM_LARGE_HEADER, (char *)h + HM_LARGE_HEADER, keep));
   link_live(nh);
   hmi_large_free(h);
   hmi_stats_note_mapped();

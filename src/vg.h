@@ -25,10 +25,25 @@ void hmi_vg_resized(void *old, void *p, size_t keep, size_t size);
     if ((p) != NULL) hmi_vg_free(p);  \
   } while (0)
 #define HM_VG_RESIZED(old, p, keep, size) hmi_vg_resized((old), (p), (keep), (size))
+/* Bytes the allocator is about to use for its own header, in memory that may have been part
+ * of a freed (inaccessible) block: a kept large mapping is split and reused at any page. */
+#define HM_VG_OWN(p, size) VALGRIND_MAKE_MEM_UNDEFINED((p), (size))
+/* A statement that may read a block's bytes past its request (a copy of the usable size). */
+#define HM_VG_QUIET(stmt)                                           \
+  do {                                                              \
+    VALGRIND_DISABLE_ERROR_REPORTING;                               \
+    stmt;                                                           \
+    VALGRIND_ENABLE_ERROR_REPORTING;                                \
+  } while (0)
 #else
 #define HM_VG_ALLOC(p, size, zeroed) ((void)0)
 #define HM_VG_FREE(p) ((void)0)
 #define HM_VG_RESIZED(old, p, keep, size) ((void)0)
+#define HM_VG_OWN(p, size) ((void)0)
+#define HM_VG_QUIET(stmt) \
+  do {                    \
+    stmt;                 \
+  } while (0)
 #endif
 
 #endif
