@@ -17,10 +17,21 @@ void *hmi_alloc_big(size_t size);
 void hmi_free_slow(void *p, hm_pmentry_t e, const char *caller);
 void hmi_free_marked(void *p, unsigned cls);
 
+/* The calling thread's cache through one plain register.  Left to itself the compiler
+ * addresses every word %fs-relative with an index, which saves about 4 instructions per
+ * malloc+free pair but makes each load slower in the pop/push dependency chain: measured,
+ * malloc_free/16 took 12.5 ns that way against 9.1 ns this way (78 instructions against 74
+ * under callgrind).  The empty asm only hides where the pointer comes from. */
+static inline __attribute__((always_inline)) hm_tcache_t *hm_tcache_self(void) {
+  hm_tcache_t *tc = &hmi_tcache;
+  __asm__("" : "+r"(tc));
+  return tc;
+}
+
 static inline __attribute__((always_inline)) void *hm_alloc_raw(size_t size) {
   if (HM_LIKELY(size <= HM_SMALL_MAX)) {
     unsigned cls = hmi_size_class(size);
-    hm_tcache_t *tc = &hmi_tcache;
+    hm_tcache_t *tc = hm_tcache_self();
     void *p = tc->head[cls];
     if (HM_LIKELY(p != NULL)) {
       tc->head[cls] = hmi_next_checked_k(p, tc->list_key);
@@ -47,7 +58,7 @@ static inline __attribute__((always_inline)) void hm_free_raw(void *p, const cha
     /* An object start that the span has handed out at least once. */
     if (HM_LIKELY(idx < __atomic_load_n(&s->bump, __ATOMIC_RELAXED))) {
       unsigned cls = s->cls;
-      hm_tcache_t *tc = &hmi_tcache;
+      hm_tcache_t *tc = hm_tcache_self();
 #ifndef HM_NO_HARDENING
       /* One load of the mark: the stores through p below could alias it otherwise. */
       uintptr_t mark = tc->free_mark;
