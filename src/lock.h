@@ -18,7 +18,25 @@ typedef struct hm_lock_s {
 void hmi_lock_wait(hm_lock_t *l);  /* contended path of hm_lock */
 void hmi_lock_wake(hm_lock_t *l);  /* contended path of hm_unlock */
 
+/* glibc (2.32 and later) keeps this true until the process creates its first thread, and
+ * resets it in the child of a fork.  While it is true no other thread can touch a lock, so
+ * the lock word is set and cleared with plain stores: each atomic read-modify-write costs
+ * tens of cycles, and single-threaded programs (compilers, interpreters, most tools) take
+ * these locks on every medium and large call.  glibc's own malloc skips its locks the same
+ * way.  A thread can only be created outside the allocator's critical sections, so no lock
+ * is ever held across the switch; one taken with a plain store is released with the atomic
+ * exchange below if a thread appeared meanwhile (hmalloc's own stats thread, say), which is
+ * still correct.  Weak: without it (another libc) every lock is atomic. */
+extern char __libc_single_threaded __attribute__((weak));
+static inline int hm_single_threaded(void) {
+  return &__libc_single_threaded != 0 && __atomic_load_n(&__libc_single_threaded, __ATOMIC_RELAXED);
+}
+
 static inline void hm_lock(hm_lock_t *l) {
+  if (hm_single_threaded()) {
+    l->word = 1;
+    return;
+  }
   int expected = 0;
   if (__builtin_expect(__atomic_compare_exchange_n(&l->word, &expected, 1, 0, __ATOMIC_ACQUIRE,
                                                    __ATOMIC_RELAXED), 1))
@@ -33,6 +51,10 @@ static inline int hm_trylock(hm_lock_t *l) {
 }
 
 static inline void hm_unlock(hm_lock_t *l) {
+  if (hm_single_threaded()) {
+    l->word = 0;
+    return;
+  }
   if (__builtin_expect(__atomic_exchange_n(&l->word, 0, __ATOMIC_RELEASE) == 2, 0))
     hmi_lock_wake(l);
 }
