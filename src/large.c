@@ -76,9 +76,11 @@ static struct {
   size_t size;
   uint64_t age;
   hm_vmas_t vmas;
-  uintptr_t tail_of; /* the block whose mapping this is the shrunk-off tail of, or 0 */
+  uint64_t tail_of; /* serial of the block this is the shrunk-off tail of, or 0 */
 } cache[CACHE_SLOTS];
 static uint64_t cache_clock;
+static uint64_t serials; /* the last serial given to a block (never 0) */
+_Static_assert(sizeof(hm_large_t) <= HM_LARGE_HEADER, "the header fits before the block");
 size_t hmi_large_cached_bytes;
 uint64_t hmi_large_maps, hmi_large_unmaps; /* system calls made for large blocks (stats) */
 
@@ -279,6 +281,7 @@ static void *large_alloc(size_t size, size_t align, bool guard) {
   h->guard = guard ? HM_PAGE : 0;
   h->recycled = recycled;
   h->vmas = vmas;
+  h->serial = __atomic_add_fetch(&serials, 1, __ATOMIC_RELAXED);
   h->check = large_check(h);
   if (guard) mprotect((void *)(map + map_size - HM_PAGE), HM_PAGE, PROT_NONE);
   if (!publish(h)) {
@@ -326,6 +329,7 @@ static void *realloc_to_fresh(hm_large_t *h, size_t keep, size_t new_size) {
   nh->guard = 0;
   nh->recycled = 0;
   nh->vmas.n = 0;
+  nh->serial = __atomic_add_fetch(&serials, 1, __ATOMIC_RELAXED);
   nh->check = large_check(nh);
   if (!publish(nh)) {
     large_munmap(nh, new_size);
@@ -339,14 +343,15 @@ static void *realloc_to_fresh(hm_large_t *h, size_t keep, size_t new_size) {
 }
 
 /* The kept mapping at `map`, if still kept, is the tail shrunk off block `block`. */
-static void mark_tail_of(uintptr_t map, uintptr_t block) {
+static void mark_tail_of(uintptr_t map, uint64_t block) {
   hm_lock(&hmi_large_lock);
   for (int i = 0; i < CACHE_SLOTS; i++)
     if (cache[i].map == map) cache[i].tail_of = block;
   hm_unlock(&hmi_large_lock);
 }
 
-/* Growing block h: if the tail shrunk off it is still kept, right after it and in its VMA,
+/* Growing block h: if the tail shrunk off it is still kept, right after it and in its VMA
+ * (the serial tells this block from a later one mapped at the same address),
  * take it back (no system call, its pages still resident), keeping any excess beyond
  * new_size.  True if the block grew. */
 static bool take_back_tail(hm_large_t *h, size_t new_size) {
@@ -355,7 +360,7 @@ static bool take_back_tail(hm_large_t *h, size_t new_size) {
   hm_vmas_t vmas;
   hm_lock(&hmi_large_lock);
   for (int i = 0; i < CACHE_SLOTS; i++)
-    if (cache[i].map == end && cache[i].tail_of == h->map) {
+    if (cache[i].map == end && cache[i].tail_of == h->serial) {
       map = slot_take(i, &size, &vmas);
       break;
     }
@@ -364,7 +369,7 @@ static bool take_back_tail(hm_large_t *h, size_t new_size) {
   size_t grow = size;
   if (h->map_size + size > new_size + ((size_t)64 << 10)) { /* keep the excess kept */
     grow = new_size - h->map_size;
-    if (cache_put(map + grow, size - grow, &vmas)) mark_tail_of(map + grow, h->map);
+    if (cache_put(map + grow, size - grow, &vmas)) mark_tail_of(map + grow, h->serial);
     else large_munmap((void *)(map + grow), size - grow);
   }
   unlink_live(h);
@@ -402,7 +407,7 @@ void *hmi_large_realloc(hm_large_t *h, size_t size) {
     link_live(h);
     hm_vmas_t single = {0};
     if (cache_put(h->map + new_size, old_size - new_size, &single))
-      mark_tail_of(h->map + new_size, h->map);
+      mark_tail_of(h->map + new_size, h->serial);
     else
       large_munmap((void *)(h->map + new_size), old_size - new_size);
     return (void *)((uintptr_t)h + HM_LARGE_HEADER);

@@ -231,6 +231,7 @@ typedef struct hm_large_s {
   size_t guard;        /* bytes of PROT_NONE guard at the end of the mapping (HMALLOC_CHECK) */
   size_t recycled;     /* the mapping came from the cache of freed ones: not zero-filled */
   hm_vmas_t vmas;      /* the kernel mappings (VMAs) it is made of (large.c) */
+  uint64_t serial;     /* unique to this block (large.c: its kept tail knows it by this) */
 } hm_large_t;
 
 /* ---- options (options.c) ---------------------------------------------------------------- */
