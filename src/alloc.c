@@ -33,6 +33,7 @@ void *hmi_alloc_small_slow(unsigned cls, size_t size) {
     return NULL;
   }
   if (HM_UNLIKELY(hmi_hooks_on)) hmi_hook_alloc(p, size);
+  hmi_tcache_settle();
   return p;
 }
 
@@ -50,6 +51,7 @@ void *hmi_alloc_big(size_t size) {
   if (p == NULL) goto fail;
   HM_RACY_ADD(hmi_tcache.stats.malloc_count, 1);
   if (HM_UNLIKELY(hmi_hooks_on)) hmi_hook_alloc(p, size);
+  hmi_tcache_settle();
   return p;
 fail:
   errno = ENOMEM;
@@ -64,6 +66,7 @@ void hmi_free_slow(void *p, hm_pmentry_t e, const char *caller) {
     if (!hmi_check_valid(p, e)) hmi_invalid_pointer(caller, p);
     if (HM_UNLIKELY(hmi_hooks_on)) hmi_hook_free(p, hmi_check_usable(p, e, caller));
     hmi_check_free(p, e, caller);
+    hmi_tcache_settle();
     errno = saved;
     return;
   }
@@ -81,6 +84,7 @@ void hmi_free_slow(void *p, hm_pmentry_t e, const char *caller) {
     hmi_invalid_pointer(caller, p);
   }
   HM_RACY_ADD(hmi_tcache.stats.free_count, 1);
+  hmi_tcache_settle();
   errno = saved;
 }
 
@@ -147,6 +151,7 @@ static void *alloc_aligned(size_t alignment, size_t size) {
   HM_RACY_ADD(hmi_tcache.stats.malloc_count, 1);
   HM_VG_ALLOC(p, size, 0);
   if (HM_UNLIKELY(hmi_hooks_on)) hmi_hook_alloc(p, size);
+  hmi_tcache_settle();
   return p;
 }
 
@@ -194,7 +199,9 @@ static void *realloc_impl(void *p, size_t size);
 HM_API void *hm_realloc(void *p, size_t size) {
   if (HM_UNLIKELY(hmi_hooks_on) && p != NULL && size != 0)
     return hmi_hooked_realloc(realloc_impl, p, size);
-  return realloc_impl(p, size);
+  void *q = realloc_impl(p, size);
+  hmi_tcache_settle();
+  return q;
 }
 
 static void *realloc_impl(void *p, size_t size) {

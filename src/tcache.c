@@ -41,6 +41,17 @@ static void fold(const hm_tstats_t *t) {
   total.free_count = frees;
   hmi_stats_fold(&total);
 }
+/* A thread whose cache is torn down (DEAD) still counts its calls in its TLS counters, which
+ * no stats reading can see any more: fold them into the totals at the end of each of its
+ * calls (all of them take a slow path: its lists are empty and its limits zero). */
+void hmi_tcache_settle_dead(void) {
+  hm_tcache_t *tc = &hmi_tcache;
+  hm_lock(&hmi_registry_lock);
+  fold(&tc->stats);
+  memset(&tc->stats, 0, sizeof tc->stats);
+  hm_unlock(&hmi_registry_lock);
+}
+
 static pthread_key_t exit_key;
 static uint32_t class_batch[HM_CLASSES]; /* objects moved per refill */
 static uint32_t class_limit[HM_CLASSES]; /* objects a list may hold */
@@ -191,6 +202,7 @@ void hmi_tcache_free_slow(void *p, unsigned cls) {
   }
   if (tc->state != HM_TC_LIVE || tc->limit[cls] == 0) {
     flush(tc, cls, hm_bin_count(tc, cls));
+    hmi_tcache_settle();
     return;
   }
   flush(tc, cls, hm_bin_count(tc, cls) - tc->limit[cls] / 2);

@@ -306,3 +306,46 @@ Test(threads, concurrent_free_while_owners_exit) {
   cr_assert_eq(atomic_load(&failures), 0, "%s", failure_msg);
   assert_heap_ok();
 }
+
+/* ---- counting after the thread's cache is torn down ----------------------------------- */
+
+/* Calls a thread makes after hmalloc's exit destructor has run (glibc runs destructors of
+ * later keys after it, and frees thread data after all of them) are still counted. */
+static pthread_key_t late_key;
+enum { LATE_MALLOCS = 3 * 10 };
+
+static void late_destructor(void *arg) {
+  (void)arg;
+  static const size_t sizes[3] = {48, 20000, 300000}; /* small, medium, large */
+  for (int i = 0; i < LATE_MALLOCS; i++) {
+    char *p = malloc(sizes[i % 3]);
+    if (p == NULL) abort();
+    p[0] = 1;
+    p = realloc(p, sizes[i % 3] + 8);
+    free(p);
+  }
+}
+
+static void *late_body(void *arg) {
+  (void)arg;
+  free(malloc(32)); /* the cache is set up: hmalloc's destructor will tear it down */
+  pthread_setspecific(late_key, (void *)1);
+  return NULL;
+}
+
+Test(threads, calls_after_cache_teardown_are_counted) {
+  free(malloc(1)); /* hmalloc initialised: its key is older than late_key */
+  cr_assert_eq(pthread_key_create(&late_key, late_destructor), 0);
+  hm_stats_t before, after;
+  hm_stats_get(&before);
+  pthread_t t;
+  pthread_create(&t, NULL, late_body, NULL);
+  pthread_join(t, NULL);
+  hm_stats_get(&after);
+  /* 1 + 30 mallocs, 1 + 30 frees (at least: glibc may free thread data too), 30 reallocs */
+  cr_expect_geq(after.malloc_count - before.malloc_count, 1 + LATE_MALLOCS);
+  cr_expect_geq(after.free_count - before.free_count, 1 + LATE_MALLOCS);
+  cr_expect_eq(after.realloc_count - before.realloc_count, LATE_MALLOCS,
+               "%llu reallocs counted, %d made", (unsigned long long)(after.realloc_count - before.realloc_count),
+               LATE_MALLOCS);
+}
