@@ -152,7 +152,6 @@ void hmi_span_give(unsigned cls, void *head, uint32_t n);
 int hmi_span_check(void);
 void hmi_span_release_empty(void);
 extern size_t hmi_span_chunk_bytes; /* atomic */
-bool hmi_span_holds_free(void *p, unsigned cls);
 void *hmi_meta_alloc(size_t size);   /* metadata pool: 64-byte aligned, zeroed */
 void hmi_meta_free(void *p, size_t size);
 extern hm_lock_t hmi_meta_lock;

@@ -224,19 +224,6 @@ static void drain_transfers(hm_central_t *c, unsigned cls) {
   }
 }
 
-/* Is p on its span's free list?  (Double-free check, tcache.c: rare, so a walk is fine.) */
-bool hmi_span_holds_free(void *p, unsigned cls) {
-  hm_central_t *c = &hmi_central[cls];
-  bool found = false;
-  hm_lock(&c->lock);
-  hm_span_t *s = HM_PM_PTR(hmi_pagemap_get((uintptr_t)p));
-  uint32_t i = 0;
-  for (void *q = s->free_list; q != NULL && i <= s->capacity; q = hmi_next_checked(q), i++)
-    if (q == p) { found = true; break; }
-  hm_unlock(&c->lock);
-  return found;
-}
-
 /* malloc_trim: give every kept empty span back to the medium heap. */
 void hmi_span_release_empty(void) {
   for (unsigned cls = 0; cls < HM_CLASSES; cls++) {

@@ -209,22 +209,21 @@ void hmi_tcache_free_slow(void *p, unsigned cls) {
   enforce_cap(tc);
 }
 
-/* p (of class cls, a valid object start) carries this thread's free mark.  It is a double
- * free if it is on this thread's list or its span's free list; otherwise the mark was user
- * data (or the object sits in another thread's cache, which cannot be searched safely) and
- * the free goes on as usual.  A thread not set up yet has mark 0: set it up first. */
+/* p (of class cls, a valid object start) carries the free mark in its second word.  Every
+ * path that hands a small object out clears that word (the pops here and in alloc_inline.h),
+ * so the mark is there only if p is free: in this thread's list, another thread's, a
+ * transfer batch or its span (a program could only write the 64-bit random mark itself after
+ * reading it from freed memory).  So this is a double free, wherever the first free put p:
+ * glibc's tcache, which searches only the calling thread's list, misses the other places.
+ * A thread not set up yet compares with mark 0 and lands here for most objects: set it up
+ * and look again. */
 void hmi_free_marked(void *p, unsigned cls) {
   hm_tcache_t *tc = &hmi_tcache;
   if (tc->state == HM_TC_NEW) {
     hmi_ensure_init();
     setup(tc);
   }
-  if (((uintptr_t *)p)[1] == tc->free_mark) {
-    uint32_t i = 0, count = hm_bin_count(tc, cls);
-    for (void *q = tc->head[cls]; q != NULL && i <= count; q = hmi_next_checked(q), i++)
-      if (q == p) hmi_fatal("hmalloc: free(): double free %p\n", p);
-    if (hmi_span_holds_free(p, cls)) hmi_fatal("hmalloc: free(): double free %p\n", p);
-  }
+  if (((uintptr_t *)p)[1] == tc->free_mark) hmi_fatal("hmalloc: free(): double free %p\n", p);
   *(void **)p = hmi_link(tc->head[cls], p);
   ((uintptr_t *)p)[1] = tc->free_mark;
   tc->head[cls] = p;

@@ -8,6 +8,8 @@
  * naming the pointer passed.  Then it commits the same misuse itself, so Criterion sees the
  * SIGABRT it expects (.signal = SIGABRT). */
 #include <errno.h>
+#include <pthread.h>
+#include <semaphore.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -175,3 +177,27 @@ Test(misuse, double_free_small, .signal = SIGABRT) { DOUBLE_FREE(tiered_block(SM
 Test(misuse, double_free_medium, .signal = SIGABRT) { DOUBLE_FREE(tiered_block(MEDIUM)); }
 
 Test(misuse, double_free_large, .signal = SIGABRT) { DOUBLE_FREE(tiered_block(LARGE)); }
+
+/* A small block freed by one thread (so it sits in that thread's cache, the thread still
+ * running) and freed again by another: the key in the block gives it away, though the second
+ * thread's list and the block's span do not hold it.  (glibc's tcache searches only the
+ * calling thread's list and misses this.) */
+static sem_t freed, never;
+static void *free_in_thread(void *p) {
+  free(launder(p));
+  sem_post(&freed);
+  sem_wait(&never); /* keep the cache alive until the process aborts */
+  return NULL;
+}
+static void do_cross_thread_double_free(void *p) {
+  sem_init(&freed, 0, 0);
+  sem_init(&never, 0, 0);
+  pthread_t t;
+  pthread_create(&t, NULL, free_in_thread, p);
+  sem_wait(&freed);
+  free(launder(p));
+}
+Test(misuse, double_free_small_across_threads, .signal = SIGABRT) {
+  free(malloc(SMALL)); /* this thread's cache is set up */
+  MISUSE(do_cross_thread_double_free, "hmalloc: free(): double free ", tiered_block(SMALL));
+}
