@@ -63,8 +63,8 @@ static inline __attribute__((always_inline)) void hm_free_raw(void *p, const cha
       /* One load of the mark: the stores through p below could alias it otherwise. */
       uintptr_t mark = tc->free_mark;
       if (HM_UNLIKELY(((uintptr_t *)p)[1] == mark)) {
-        hmi_free_marked(p, cls); /* a double free, user data that looks like the mark, or */
-        return;                  /* a thread whose cache is not set up yet (mark 0) */
+        hmi_free_marked(p, cls); /* a double free, or a thread whose cache is not set up */
+        return;                  /* yet (mark 0) */
       }
 #endif
       *(void **)p = hmi_link_k(tc->head[cls], p, tc->list_key);

@@ -399,6 +399,9 @@ void *hmi_arena_alloc(hm_arena_t *a, size_t size, size_t align) {
   hm_assert(csize(c) >= need && cinuse(c) && cprev_inuse(cnext(c)));
   debug_walk(a);
   hm_unlock(&a->lock);
+  /* The second word is where a freed block keeps the free mark (tcache.c); memory that held
+   * freed blocks before (merged chunks, released spans) may still have it there. */
+  ((uintptr_t *)((uintptr_t)c + HM_CHUNK_HEADER))[1] = 0;
   return (void *)((uintptr_t)c + HM_CHUNK_HEADER);
 }
 

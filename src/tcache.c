@@ -252,11 +252,15 @@ void *hmi_mcache_pop(size_t size) {
  * already here is a double free. */
 bool hmi_mcache_push(void *p, hm_segment_t *seg) {
   hm_tcache_t *tc = &hmi_tcache;
-  if (tc->state != HM_TC_LIVE || tc->hooked) return false;
   hm_chunk_t *c = hmi_arena_chunk_of(p, seg);
   if (c == NULL) return false; /* hmi_arena_free reports it */
   size_t flags = __atomic_load_n(&c->size_flags, __ATOMIC_RELAXED);
   if (!(flags & HM_CH_INUSE)) return false; /* hmi_arena_free reports the double free */
+  /* In use for its arena, but carrying the free mark: it sits in a medium cache (this
+   * thread's or another's), freed already.  Handouts clear the mark (hmi_mcache_pop,
+   * hmi_arena_alloc), so only a free leaves it there. */
+  if (((uintptr_t *)p)[1] == hmi_free_mark) hmi_fatal("hmalloc: free(): double free %p\n", p);
+  if (tc->state != HM_TC_LIVE || tc->hooked) return false;
   size_t usable = (flags & ~HM_CH_FLAGS) - HM_CHUNK_HEADER;
   if (usable <= HM_SMALL_MAX || usable > HM_MCACHE_MAX) return false; /* aligned blocks */
   unsigned m = hmi_mclass(usable);
@@ -268,10 +272,6 @@ bool hmi_mcache_push(void *p, hm_segment_t *seg) {
   if (!(flags & HM_CH_PREV_INUSE)) return false;
   hm_chunk_t *next = (hm_chunk_t *)((uintptr_t)c + usable + HM_CHUNK_HEADER);
   if (!(__atomic_load_n(&next->size_flags, __ATOMIC_RELAXED) & HM_CH_INUSE)) return false;
-  if (((uintptr_t *)p)[1] == tc->free_mark) {
-    for (void *q = tc->mcache[m]; q != NULL; q = hmi_next_checked(q))
-      if (q == p) hmi_fatal("hmalloc: free(): double free %p\n", p);
-  }
   if (tc->mcache_count[m] >= HM_MCACHE_DEPTH ||
       tc->mcache_bytes + usable > tc->bytes_cap / 2)
     return false;

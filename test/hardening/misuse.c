@@ -184,6 +184,7 @@ Test(misuse, double_free_large, .signal = SIGABRT) { DOUBLE_FREE(tiered_block(LA
  * calling thread's list and misses this.) */
 static sem_t freed, never;
 static void *free_in_thread(void *p) {
+  free(malloc(SMALL)); /* this thread's cache is set up, so the block stays in it */
   free(launder(p));
   sem_post(&freed);
   sem_wait(&never); /* keep the cache alive until the process aborts */
@@ -200,4 +201,9 @@ static void do_cross_thread_double_free(void *p) {
 Test(misuse, double_free_small_across_threads, .signal = SIGABRT) {
   free(malloc(SMALL)); /* this thread's cache is set up */
   MISUSE(do_cross_thread_double_free, "hmalloc: free(): double free ", tiered_block(SMALL));
+}
+/* The same with a medium block, kept whole in the first thread's medium cache. */
+Test(misuse, double_free_medium_across_threads, .signal = SIGABRT) {
+  free(malloc(SMALL));
+  MISUSE(do_cross_thread_double_free, "hmalloc: free(): double free ", tiered_block(MEDIUM));
 }
