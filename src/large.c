@@ -25,8 +25,11 @@ static inline uintptr_t large_check(const hm_large_t *h) {
 
 static hm_large_t *live; /* list of live blocks, for the checker and reports */
 
+static size_t vma_cuts; /* cuts recorded in live blocks and kept mappings (VMAs added) */
+
 static void link_live(hm_large_t *h) {
   hm_lock(&hmi_large_lock);
+  vma_cuts += h->vmas.n;
   h->prev = NULL;
   h->next = live;
   if (live) live->prev = h;
@@ -41,6 +44,7 @@ static void link_live(hm_large_t *h) {
 
 static void unlink_live(hm_large_t *h) {
   hm_lock(&hmi_large_lock);
+  vma_cuts -= h->vmas.n;
   if (h->prev) h->prev->next = h->next;
   else live = h->next;
   if (h->next) h->next->prev = h->prev;
@@ -66,11 +70,15 @@ static void unlink_live(hm_large_t *h) {
  * An assembled block spans several kernel mappings (VMAs: moved pages do not merge with
  * their new neighbours).  mremap resizes one VMA only, and a process may have only
  * vm.max_map_count of them, so each block and kept mapping records where its VMAs begin
- * (hm_vmas_t): assembly stops at HM_LARGE_MAX_VMAS, and realloc moves a block of several
- * VMAs to a fresh mapping once (hmi_large_realloc).
+ * (hm_vmas_t): assembly stops at HM_LARGE_MAX_VMAS per block and at VMA_BUDGET added VMAs
+ * in all, and realloc moves a block of several VMAs to a fresh mapping once
+ * (hmi_large_realloc).
  * The slots are under hmi_large_lock; no system call is made while holding it. */
 #define CACHE_SLOTS 32
 #define CACHE_BYTES ((size_t)64 << 20)
+/* VMAs that assembly may add, all blocks and kept mappings together: far below the
+ * kernel's default vm.max_map_count of 65530, whatever the program maps itself. */
+#define VMA_BUDGET 4096
 static struct {
   uintptr_t map;
   size_t size;
@@ -111,6 +119,7 @@ static uintptr_t slot_take(int i, size_t *size, hm_vmas_t *vmas) {
   *size = cache[i].size;
   *vmas = cache[i].vmas;
   cache[i].map = 0;
+  vma_cuts -= vmas->n;
   HM_RACY_ADD(hmi_large_cached_bytes, -*size);
   return map;
 }
@@ -131,6 +140,7 @@ static bool cache_put(uintptr_t map, size_t size, const hm_vmas_t *vmas) {
       cache[free_slot].map = map;
       cache[free_slot].size = size;
       cache[free_slot].vmas = *vmas;
+      vma_cuts += vmas->n;
       cache[free_slot].tail_of = 0;
       cache[free_slot].age = ++cache_clock;
       HM_RACY_ADD(hmi_large_cached_bytes, size);
@@ -182,11 +192,14 @@ static uintptr_t cache_take(size_t need, size_t *got, hm_vmas_t *vmas) {
   size_t filled = 0;
   hm_vmas_t v = {0};
   for (;;) {
-    /* cuts left for the piece's own: minus its start's and the fresh rest's */
+    /* cuts left for the piece's own: minus its start's and the fresh rest's, within the
+     * block's record and the process-wide budget */
     int room = (HM_LARGE_MAX_VMAS - 1) - (int)v.n - (filled > 0) - 1;
     if (room < 0) break;
-    int take = -1;
     hm_lock(&hmi_large_lock);
+    if (vma_cuts + v.n + 2 + (size_t)room > VMA_BUDGET)
+      room = vma_cuts + v.n + 2 < VMA_BUDGET ? (int)(VMA_BUDGET - vma_cuts - v.n - 2) : -1;
+    int take = -1;
     for (int i = 0; i < CACHE_SLOTS; i++)
       if (cache[i].map != 0 && cache[i].size <= need - filled && (int)cache[i].vmas.n <= room &&
           (take < 0 || cache[i].size > cache[take].size))
@@ -224,13 +237,9 @@ bool hmi_large_cache_flush(void) {
     uintptr_t map = 0;
     size_t size = 0;
     hm_lock(&hmi_large_lock);
+    hm_vmas_t unused;
     for (int i = 0; i < CACHE_SLOTS && map == 0; i++)
-      if (cache[i].map) {
-        map = cache[i].map;
-        size = cache[i].size;
-        cache[i].map = 0;
-        HM_RACY_ADD(hmi_large_cached_bytes, -size);
-      }
+      if (cache[i].map) map = slot_take(i, &size, &unused);
     hm_unlock(&hmi_large_lock);
     if (map == 0) return any;
     large_munmap((void *)map, size);
@@ -463,6 +472,14 @@ int hmi_large_check(void) {
     }
     count++;
     bytes += h->map_size;
+  }
+  size_t cuts = 0;
+  for (hm_large_t *h = live; h; h = h->next) cuts += h->vmas.n;
+  for (int i = 0; i < CACHE_SLOTS; i++)
+    if (cache[i].map) cuts += cache[i].vmas.n;
+  if (!bad && cuts != vma_cuts) {
+    hmi_dprintf(2, "hmalloc: heap check: %zu VMA cuts recorded, %zu counted\n", vma_cuts, cuts);
+    bad = 1;
   }
   if (!bad && (count != hmi_large_count || bytes != hmi_large_bytes)) {
     hmi_dprintf(2, "hmalloc: heap check: large block counters disagree\n");

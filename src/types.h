@@ -217,7 +217,7 @@ typedef struct hm_arena_s {
  * mappings (large.c) is several VMAs, which mremap cannot resize as one.  cut[0..n-1] are
  * the page offsets, ascending, at which a new VMA begins; n == 0 for a single VMA.  An upper
  * bound: the kernel may merge neighbours. */
-#define HM_LARGE_MAX_VMAS 8
+#define HM_LARGE_MAX_VMAS 16
 typedef struct hm_vmas_s {
   uint32_t n;
   uint32_t cut[HM_LARGE_MAX_VMAS - 1];
