@@ -123,6 +123,39 @@ Test(arena, split_and_coalesce_with_both_neighbours) {
   cr_assert_eq(hmi_arena_check(&arena), 0);
 }
 
+/* A span-sized hole between two live chunks (what a released span leaves) serves the next
+ * span: an aligned request must not demand room for the worst-case alignment slack from a
+ * chunk that is already aligned. */
+static void aligned_hole_reused(hm_fit_t fit, unsigned index) {
+  hmi_ensure_init();
+  hmi_options.fit = fit;
+  static hm_arena_t arenas[2];
+  hm_arena_t *arena = &arenas[index];
+  hmi_arena_init(arena, 10 + index, false);
+  size_t span = HM_SPAN_SIZE - HM_CHUNK_HEADER;
+  void *a = hmi_arena_alloc(arena, span, HM_PAGE);
+  void *b = hmi_arena_alloc(arena, span, HM_PAGE);
+  void *c = hmi_arena_alloc(arena, span, HM_PAGE);
+  cr_assert(a && b && c);
+  cr_assert_eq((uintptr_t)b % HM_PAGE, 0);
+  hm_segment_t *seg = seg_of(b);
+  hmi_arena_free(b, seg); /* a hole of exactly one span between a and c */
+  void *again = hmi_arena_alloc(arena, span, HM_PAGE);
+  cr_assert_eq(again, b, "the aligned hole is reused (got %p, hole at %p)", again, b);
+  /* a request that does not fit the hole as it lies still goes elsewhere, aligned */
+  hmi_arena_free(again, seg);
+  void *wider = hmi_arena_alloc(arena, span, 2 * HM_PAGE);
+  cr_assert_eq((uintptr_t)wider % (2 * HM_PAGE), 0);
+  cr_assert_eq(hmi_arena_check(arena), 0);
+  hmi_arena_free(wider, seg_of(wider));
+  hmi_arena_free(a, seg);
+  hmi_arena_free(c, seg);
+  cr_assert_eq(hmi_arena_check(arena), 0);
+  hmi_options.fit = HM_FIT_BEST;
+}
+Test(arena, aligned_hole_reused_best_fit) { aligned_hole_reused(HM_FIT_BEST, 0); }
+Test(arena, aligned_hole_reused_first_fit) { aligned_hole_reused(HM_FIT_FIRST, 1); }
+
 Test(arena, resize_grows_into_free_neighbour_and_shrinks_in_place) {
   hmi_ensure_init();
   static hm_arena_t arena;
