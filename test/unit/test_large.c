@@ -298,3 +298,41 @@ Test(large, shrink_keeps_the_tail_and_regrowth_takes_it_back) {
   cr_expect_eq(hm_heap_check(), 0);
   free(s);
 }
+
+/* The bytes kept follow the biggest blocks the program frees lately: many freed 256 KiB
+ * blocks keep no more than the 2 MiB floor (all of them were kept before the bound: 6 MiB
+ * here), blocks of 8 MiB are kept four at a time, and once the program frees only small
+ * blocks again the bound decays and the big mappings leave. */
+Test(large, kept_bytes_follow_the_biggest_blocks_freed_lately) {
+  hmi_ensure_init();
+  malloc_trim(0);
+  const size_t KiB = 1024, MiB = 1 << 20;
+  char *p[24];
+  for (int i = 0; i < 24; i++) {
+    p[i] = malloc(256 * KiB);
+    cr_assert_not_null(p[i]);
+    memset(p[i], 1, 256 * KiB);
+  }
+  for (int i = 0; i < 24; i++) free(p[i]);
+  cr_expect_leq(hmi_large_cached_bytes, 2 * MiB, "%zu bytes kept", hmi_large_cached_bytes);
+  cr_expect_geq(hmi_large_cached_bytes, 1 * MiB, "%zu bytes kept", hmi_large_cached_bytes);
+  char *q[4];
+  for (int i = 0; i < 4; i++) {
+    q[i] = malloc(8 * MiB);
+    cr_assert_not_null(q[i]);
+    memset(q[i], 2, 8 * MiB);
+  }
+  for (int i = 0; i < 4; i++) free(q[i]);
+  cr_expect_geq(hmi_large_cached_bytes, 32 * MiB, "%zu bytes kept", hmi_large_cached_bytes);
+  /* 600 frees of 256 KiB blocks, each malloc'ed while all 24 before it are live (so none
+   * is carved from a kept 8 MiB mapping without need) */
+  for (int round = 0; round < 25; round++) {
+    for (int i = 0; i < 24; i++) {
+      p[i] = malloc(256 * KiB);
+      cr_assert_not_null(p[i]);
+    }
+    for (int i = 0; i < 24; i++) free(p[i]);
+  }
+  cr_expect_leq(hmi_large_cached_bytes, 8 * MiB, "%zu bytes still kept", hmi_large_cached_bytes);
+  cr_expect_eq(hm_heap_check(), 0);
+}
