@@ -142,15 +142,16 @@ static uintptr_t slot_take(int i, size_t *size, hm_vmas_t *vmas) {
   return map;
 }
 
-/* Keep a freed mapping, a whole block's (freed_block) or a piece; false if it is too big to
- * keep (the caller unmaps it). */
-static bool cache_put(uintptr_t map, size_t size, const hm_vmas_t *vmas, bool freed_block) {
+/* Keep a freed mapping; false if it is too big to keep (the caller unmaps it).  block_size:
+ * the size of the block it was freed or shrunk off, which feeds the bound; 0 for pieces put
+ * back by splits and assembly, which say nothing new about the program's blocks. */
+static bool cache_put(uintptr_t map, size_t size, const hm_vmas_t *vmas, size_t block_size) {
   struct { uintptr_t map; size_t size; } evicted[CACHE_SLOTS];
   int n_evicted = 0;
   hm_lock(&hmi_large_lock);
-  if (freed_block) { /* pieces put back by splits and shrinks say nothing new */
+  if (block_size != 0) {
     size_t decayed = recent_big - recent_big / CACHE_DECAY;
-    recent_big = size > decayed ? size : decayed;
+    recent_big = block_size > decayed ? block_size : decayed;
   }
   size_t bound = cache_bound();
   if (size > bound / 2) {
@@ -183,7 +184,7 @@ static bool cache_put(uintptr_t map, size_t size, const hm_vmas_t *vmas, bool fr
 }
 
 static void keep_or_unmap(uintptr_t map, size_t size, const hm_vmas_t *vmas) {
-  if (!cache_put(map, size, vmas, false)) large_munmap((void *)map, size);
+  if (!cache_put(map, size, vmas, 0)) large_munmap((void *)map, size);
 }
 
 /* Take a kept mapping for a block of `need` bytes (a multiple of the page size): its start,
@@ -347,7 +348,7 @@ void hmi_large_free(hm_large_t *h) {
   h->check = 0; /* a stale copy of the pointer no longer validates */
   hmi_pagemap_set(hm_page_floor((uintptr_t)h + HM_LARGE_HEADER), 1, HM_PM_FREED_LARGE);
   hm_vmas_t vmas = h->vmas;
-  if (!keep || !cache_put(map, map_size, &vmas, true)) large_munmap((void *)map, map_size);
+  if (!keep || !cache_put(map, map_size, &vmas, map_size)) large_munmap((void *)map, map_size);
 }
 
 size_t hmi_large_usable(hm_large_t *h) {
@@ -404,7 +405,7 @@ static bool take_back_tail(hm_large_t *h, size_t new_size) {
   size_t grow = size;
   if (h->map_size + size > new_size + ((size_t)64 << 10)) { /* keep the excess kept */
     grow = new_size - h->map_size;
-    if (cache_put(map + grow, size - grow, &vmas, false)) mark_tail_of(map + grow, h->serial);
+    if (cache_put(map + grow, size - grow, &vmas, 0)) mark_tail_of(map + grow, h->serial);
     else large_munmap((void *)(map + grow), size - grow);
   }
   unlink_live(h);
@@ -441,7 +442,7 @@ void *hmi_large_realloc(hm_large_t *h, size_t size) {
     h->check = large_check(h);
     link_live(h);
     hm_vmas_t single = {0};
-    if (cache_put(h->map + new_size, old_size - new_size, &single, false))
+    if (cache_put(h->map + new_size, old_size - new_size, &single, old_size))
       mark_tail_of(h->map + new_size, h->serial);
     else
       large_munmap((void *)(h->map + new_size), old_size - new_size);
