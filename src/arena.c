@@ -684,7 +684,7 @@ void hmi_arenas_init(unsigned count) {
   }
 }
 
-/* A thread's arena is chosen round-robin when its cache is set up (tcache.c); a thread
+/* A thread's arena is chosen when its cache is set up (tcache.c, hmi_arena_assign); a thread
  * without a cache (before set-up, after exit) uses the main arena. */
 hm_arena_t *hmi_arena_pick(void) {
   unsigned i = hmi_tcache.arena_index;
@@ -692,12 +692,54 @@ hm_arena_t *hmi_arena_pick(void) {
 }
 
 /* Threads are spread over the first hmi_options.arenas arenas (mallopt(M_ARENA_MAX) may
- * lower that at run time; it cannot exceed those created at start-up). */
+ * lower that at run time; it cannot exceed those created at start-up): a new thread takes the
+ * arena the fewest live threads use, the lowest first.  So a program that starts threads one
+ * after another reuses the arena (and the free memory) of those that exited, as glibc does,
+ * instead of spreading over every arena: thread_churn (2 threads at a time, 12,000 in all)
+ * peaked at 7.6 MB RSS with round-robin, at 5.7 MB with this, and at 5.5 MB once spans came
+ * from the main arena too (span.c; glibc 2.4 MB), in the same time.  No lock: the count of
+ * the arena picked is bumped by compare-and-swap, so threads starting together cannot all
+ * pile onto the same one. */
+static unsigned arena_threads[HM_MAX_ARENAS]; /* live threads using each arena */
+
 unsigned hmi_arena_assign(void) {
-  static unsigned next;
   unsigned n = __atomic_load_n(&hmi_options.arenas, __ATOMIC_RELAXED);
   if (n == 0 || n > hmi_arena_count) n = hmi_arena_count;
-  return __atomic_fetch_add(&next, 1, __ATOMIC_RELAXED) % n;
+  for (;;) {
+    unsigned best = 0, best_count = ~0u;
+    for (unsigned i = 0; i < n; i++) {
+      unsigned count = __atomic_load_n(&arena_threads[i], __ATOMIC_RELAXED);
+      if (count < best_count) {
+        best = i;
+        best_count = count;
+      }
+    }
+    /* if another thread took it meanwhile, look again */
+    if (__atomic_compare_exchange_n(&arena_threads[best], &best_count, best_count + 1, false,
+                                    __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+      return best;
+  }
+}
+
+/* The thread that held arena i has exited (its cache is torn down).  When it was the last
+ * one, the spare segment kept against churn has nobody left to serve: unmap it. */
+void hmi_arena_unassign(unsigned i) {
+  if (i >= hmi_arena_count || __atomic_sub_fetch(&arena_threads[i], 1, __ATOMIC_RELAXED) != 0)
+    return;
+  hm_arena_t *a = hmi_arenas[i];
+  hm_lock(&a->lock);
+  hm_segment_t *spare = a->spare;
+  if (spare != NULL) {
+    a->spare = NULL;
+    bin_remove(a, cat(spare->start));
+    segment_unmap(a, spare);
+  }
+  hm_unlock(&a->lock);
+}
+
+/* In a fork child only the forking thread lives: self is its arena, or HM_MAX_ARENAS. */
+void hmi_arena_threads_after_fork(unsigned self) {
+  for (unsigned i = 0; i < HM_MAX_ARENAS; i++) arena_threads[i] = i == self;
 }
 
 void hmi_arena_lock_all(void) {

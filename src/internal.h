@@ -141,6 +141,8 @@ void hmi_arenas_init(unsigned count);
 extern unsigned hmi_arena_count;
 hm_arena_t *hmi_arena_pick(void);
 unsigned hmi_arena_assign(void);
+void hmi_arena_unassign(unsigned index);
+void hmi_arena_threads_after_fork(unsigned self);
 
 /* ---- span.c: the small tier's central lists ---- */
 extern hm_central_t hmi_central[HM_CLASSES];

@@ -317,6 +317,7 @@ static void thread_exit(void *arg) {
     HM_RACY_SET(tc->space[c], 0);
   }
   tc->state = HM_TC_DEAD;
+  hmi_arena_unassign(tc->arena_index); /* still used for what the thread frees from now on */
   hm_lock(&hmi_registry_lock);
   if (tc->prev) tc->prev->next = tc->next;
   else registry = tc->next;
@@ -360,6 +361,7 @@ void hmi_tcache_after_fork_child(void) {
     if (tc != self) fold(&tc->stats);
   registry = self;
   if (self) self->next = self->prev = NULL;
+  hmi_arena_threads_after_fork(self ? self->arena_index : HM_MAX_ARENAS);
 }
 
 /* Objects of each class held in live thread caches, added to counts[] (stats). */

@@ -183,8 +183,28 @@ static void run_threads(int total, int concurrent) {
   }
 }
 
+/* The same, once every thread of a round is running (so they all hold an arena at once). */
+static pthread_barrier_t all_running;
+static void *alloc_and_exit_together(void *argp) {
+  pthread_barrier_wait(&all_running);
+  free(malloc(16)); /* picks the arena while the others hold theirs */
+  pthread_barrier_wait(&all_running);
+  return alloc_and_exit(argp);
+}
+
 static void thread_exit_bounded(int concurrent) {
-  run_threads(64, concurrent); /* warm up: pools, glibc's stack cache */
+  /* Warm up: pools, glibc's stack cache, and every arena `concurrent` threads can reach (a
+   * new thread takes the least used arena, so threads that run one after another may all
+   * share one, and how many overlap depends on the machine's load), each at the high-water
+   * mark its threads' interleavings take it to: 2048 threads.  What 20,000 more threads add
+   * on top is what they leak. */
+  pthread_t th[64];
+  pthread_barrier_init(&all_running, NULL, (unsigned)concurrent);
+  for (int i = 0; i < concurrent; i++)
+    cr_assert_eq(pthread_create(&th[i], NULL, alloc_and_exit_together, (void *)(uintptr_t)i), 0);
+  for (int i = 0; i < concurrent; i++) pthread_join(th[i], NULL);
+  pthread_barrier_destroy(&all_running);
+  run_threads(2048, concurrent);
   hm_stats_t s0 = stats_now();
   size_t rss0 = rss_bytes();
   run_threads(20000, concurrent); /* the thread-cache issue: 20,000 short-lived threads */

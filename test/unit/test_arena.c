@@ -271,3 +271,75 @@ Test(arena, mallopt_arena_max_limits_the_arenas_of_new_threads) {
   }
   cr_assert_eq(mallopt(M_ARENA_MAX, 0), 0, "0 arenas is refused");
 }
+
+/* A new thread takes the arena the fewest live threads use: threads started one after
+ * another reuse the arena of the one that exited (round-robin would hand each a new arena),
+ * and threads alive together get different arenas. */
+static pthread_barrier_t together;
+static void *arena_of_thread_alive_with_others(void *arg) {
+  (void)arg;
+  free(malloc(16));
+  uintptr_t index = hmi_tcache.arena_index;
+  pthread_barrier_wait(&together); /* every thread has its arena before any exits */
+  return (void *)index;
+}
+
+Test(arena, new_threads_take_the_least_used_arena) {
+  hmi_ensure_init();
+  free(malloc(16)); /* this thread holds an arena too */
+  if (hmi_arena_count < 4) cr_skip_test("needs 4 arenas (%u here)", hmi_arena_count);
+  void *first, *index;
+  pthread_t t;
+  pthread_create(&t, NULL, arena_of_new_thread, NULL);
+  pthread_join(t, &first);
+  for (int i = 0; i < 4; i++) {
+    pthread_create(&t, NULL, arena_of_new_thread, NULL);
+    pthread_join(t, &index);
+    cr_assert_eq(index, first, "thread %d after an exited one: arena %lu, not %lu", i,
+                 (unsigned long)(uintptr_t)index, (unsigned long)(uintptr_t)first);
+  }
+  cr_assert_neq((uintptr_t)first, (uintptr_t)hmi_tcache.arena_index, "not the main thread's");
+  pthread_t ts[3];
+  void *got[3];
+  pthread_barrier_init(&together, NULL, 3);
+  for (int i = 0; i < 3; i++) pthread_create(&ts[i], NULL, arena_of_thread_alive_with_others, NULL);
+  for (int i = 0; i < 3; i++) pthread_join(ts[i], &got[i]);
+  pthread_barrier_destroy(&together);
+  for (int i = 0; i < 3; i++) {
+    cr_assert_neq((uintptr_t)got[i], (uintptr_t)hmi_tcache.arena_index);
+    for (int j = 0; j < i; j++) cr_assert_neq(got[i], got[j], "threads %d and %d share an arena", i, j);
+  }
+}
+
+/* Spans come from the main arena whatever thread makes them, and the arena of a thread that
+ * exits, used by no other thread, keeps no segment: its spare is unmapped. */
+static void *medium_and_small_in_new_thread(void *arg) {
+  uintptr_t *out = arg;
+  void *small = malloc(3000); /* a class this process has not used: a new span */
+  hm_pmentry_t e = hmi_pagemap_get((uintptr_t)small);
+  out[0] = (e & HM_PM_SMALL) ? ((hm_span_t *)HM_PM_PTR(e))->segment->arena->index : 99;
+  void *medium = malloc(100000); /* a medium block, in its arena */
+  out[1] = hmi_tcache.arena_index;
+  out[2] = hmi_arenas[out[1]]->segment_count;
+  free(medium);
+  free(small);
+  return NULL;
+}
+
+Test(arena, spans_from_main_arena_and_exited_threads_keep_no_segment) {
+  hmi_ensure_init();
+  free(malloc(16)); /* this thread holds arena 0 */
+  if (hmi_arena_count < 2) cr_skip_test("needs 2 arenas (%u here)", hmi_arena_count);
+  uintptr_t out[3] = {0};
+  pthread_t t;
+  pthread_create(&t, NULL, medium_and_small_in_new_thread, out);
+  pthread_join(t, NULL);
+  cr_assert_eq(out[0], 0, "the thread's span came from arena %lu", (unsigned long)out[0]);
+  cr_assert_neq(out[1], 0, "the thread got an arena of its own");
+  cr_assert_geq(out[2], 1, "its medium block was in a segment of its arena");
+  hm_arena_t *a = hmi_arenas[out[1]];
+  cr_assert_eq(a->segment_count, 0, "arena %lu keeps %zu segments after its thread exited",
+               (unsigned long)out[1], a->segment_count);
+  cr_assert_eq(a->mapped, 0);
+  cr_assert_eq(hmi_arena_check(a), 0);
+}
