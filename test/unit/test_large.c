@@ -336,3 +336,54 @@ Test(large, kept_bytes_follow_the_biggest_blocks_freed_lately) {
   cr_expect_leq(hmi_large_cached_bytes, 8 * MiB, "%zu bytes still kept", hmi_large_cached_bytes);
   cr_expect_eq(hm_heap_check(), 0);
 }
+
+/* A block carved from a kept mapping grows into the rest of it in place (the tail split off
+ * is known as its continuation): no system call, no page faults. */
+Test(large, block_grows_into_the_rest_of_its_kept_mapping) {
+  hmi_ensure_init();
+  malloc_trim(0);
+  const size_t KiB = 1024, MiB = 1 << 20;
+  char *k = malloc(2 * MiB);
+  cr_assert_not_null(k);
+  memset(k, 1, 2 * MiB);
+  free(k); /* kept, resident */
+  char *p = malloc(300 * KiB);
+  cr_assert_eq(p, k, "served from the kept mapping");
+  memset(p, 2, 300 * KiB);
+  uint64_t mremaps = hmi_os_mremap_calls, maps = hmi_large_maps;
+  long before = minor_faults();
+  char *q = realloc(p, MiB);
+  cr_assert_eq(q, p, "grown in place into the kept rest");
+  memset(q + 300 * KiB, 3, MiB - 300 * KiB);
+  long faults = minor_faults() - before;
+  cr_expect_eq(hmi_os_mremap_calls, mremaps, "no mremap");
+  cr_expect_eq(hmi_large_maps, maps, "no mmap");
+  cr_expect_lt(faults, 32, "%ld page faults touching the grown block", faults);
+  for (size_t i = 0; i < 300 * KiB; i += 4096) cr_assert_eq(q[i], 2, "byte %zu lost", i);
+  cr_expect_eq(hm_heap_check(), 0);
+  free(q);
+}
+
+/* A block that grows by half or more moves into a kept mapping (resident) rather than
+ * growing by mremap into fresh pages that fault when touched. */
+Test(large, big_growth_moves_into_a_kept_mapping) {
+  hmi_ensure_init();
+  malloc_trim(0);
+  const size_t KiB = 1024, MiB = 1 << 20;
+  char *k = malloc(2 * MiB);
+  char *p = malloc(300 * KiB); /* a mapping of its own: the cache is empty */
+  cr_assert(k && p);
+  memset(k, 1, 2 * MiB);
+  memset(p, 2, 300 * KiB);
+  free(k); /* kept, resident */
+  long before = minor_faults();
+  char *q = realloc(p, 700 * KiB);
+  cr_assert_not_null(q);
+  memset(q + 300 * KiB, 3, 400 * KiB);
+  long faults = minor_faults() - before;
+  cr_expect_eq(q, k, "moved into the kept mapping");
+  cr_expect_lt(faults, 32, "%ld page faults touching the grown block", faults);
+  for (size_t i = 0; i < 300 * KiB; i += 4096) cr_assert_eq(q[i], 2, "byte %zu lost", i);
+  cr_expect_eq(hm_heap_check(), 0);
+  free(q);
+}
