@@ -74,6 +74,10 @@ void hmi_free_slow(void *p, hm_pmentry_t e, const char *caller) {
     hmi_hook_free(p, hmi_usable(p, caller));
   if (e & HM_PM_MEDIUM) {
     if (!hmi_mcache_push(p, HM_PM_PTR(e))) hmi_arena_free(p, HM_PM_PTR(e));
+    if (HM_UNLIKELY(hmi_tcache.mcache_flush_wanted)) {
+      hmi_tcache.mcache_flush_wanted = 0;
+      hmi_mcache_flush(&hmi_tcache);
+    }
   } else if (e & HM_PM_LARGE) {
     hm_large_t *h = hmi_large_of(p, e);
     if (h == NULL) hmi_invalid_pointer(caller, p);

@@ -506,13 +506,17 @@ void hmi_arena_free(void *p, hm_segment_t *seg) {
       bin_remove(a, c);
       segment_unmap(a, seg);
     }
-  } else if (seg->is_brk && (uintptr_t)c + size == seg->end - HM_CHUNK_HEADER &&
-             size >= hmi_options.trim_threshold &&
-             size >= HM_TOP_PAD + HM_CHUNK_MIN + HM_PAGE) {
+  } else if (seg->is_brk && (uintptr_t)c + size == seg->end - HM_CHUNK_HEADER) {
     /* (the second bound is trim_top's own: testing it here first spares the sbrk(0) that
      * finding the top segment costs when a block freed at the top leaves nothing to give
      * back, as in a malloc/free pair there: 71 of its 750 instructions) */
-    trim_top(a, HM_TOP_PAD);
+    if (size >= hmi_options.trim_threshold && size >= HM_TOP_PAD + HM_CHUNK_MIN + HM_PAGE)
+      trim_top(a, HM_TOP_PAD);
+  } else if (size >= 4 * hmi_options.trim_threshold) {
+    /* A big free chunk that is not at the top: blocks kept in medium caches above it may be
+     * all that stops the heap from shrinking or the segment from going back.  This thread
+     * empties its own at the end of the call (hmi_free_slow). */
+    hmi_tcache.mcache_flush_wanted = 1;
   }
   debug_walk(a);
   hm_unlock(&a->lock);

@@ -150,6 +150,7 @@ typedef struct hm_tcache_s {
   uint8_t state;                 /* HM_TC_NEW, HM_TC_LIVE, HM_TC_DEAD */
   uint8_t hooked;                /* limits held at 0 so every call reaches the hooks */
   uint8_t in_hook;               /* inside a hook (or realloc): report nothing */
+  uint8_t mcache_flush_wanted;   /* a free left a big free chunk the heap cannot give back */
   unsigned arena_index;          /* medium arena of this thread (hmi_arena_pick) */
   size_t bytes_cap;              /* HMALLOC_TCACHE_MAX at set-up */
   struct hm_tcache_s *next, *prev; /* registry of live caches (for stats), under registry lock */

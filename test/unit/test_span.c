@@ -145,11 +145,37 @@ Test(span, medium_blocks_are_cached_whole_per_thread) {
   malloc_trim(0);
   cr_assert_eq(tc->mcache_bytes, 0, "malloc_trim empties this thread's medium cache");
   cr_assert_eq(a->in_use_chunks, chunks - 1);
-  /* a block with a free neighbour goes back to the arena, where it coalesces */
+  /* a block next to free space is kept too: in a malloc/free loop at the heap top it is the
+   * one asked for again */
   free(before);
+  cr_assert_eq(tc->mcache_bytes, usable, "before's neighbour was free: kept all the same");
   void *r = malloc(20000);
+  cr_assert_eq(r, before, "reused whole");
   free(after);
-  cr_assert_eq(tc->mcache_bytes, 0, "after's neighbour was free: not kept");
   free(r);
+  cr_assert_eq(hm_heap_check(), 0);
+}
+
+/* Kept medium blocks must not stop the heap from shrinking: a free that leaves a big free
+ * chunk below the top empties the thread's medium cache, and the heap top is then given
+ * back. */
+Test(span, big_free_chunk_empties_the_medium_cache_so_the_heap_shrinks) {
+  free(malloc(16)); /* set the thread cache up */
+  hm_tcache_t *tc = &hmi_tcache;
+  enum { N = 64 };
+  void *p[N];
+  for (int i = 0; i < N; i++) {
+    p[i] = malloc(20000);
+    cr_assert_not_null(p[i]);
+    memset(p[i], 1, 20000);
+  }
+  void *top = malloc(20000); /* the highest block of the heap */
+  cr_assert_gt((uintptr_t)top, (uintptr_t)p[N - 1]);
+  void *brk_before = sbrk(0);
+  free(top);
+  cr_assert_gt(tc->mcache_bytes, 0, "the top block is kept");
+  for (int i = 0; i < N; i++) free(p[i]); /* 1.3 MB coalesce below the kept top block */
+  cr_assert_eq(tc->mcache_bytes, 0, "the medium cache was emptied");
+  cr_assert_lt((uintptr_t)sbrk(0), (uintptr_t)brk_before, "the heap shrank");
   cr_assert_eq(hm_heap_check(), 0);
 }
