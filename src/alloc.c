@@ -44,9 +44,10 @@ void *hmi_alloc_big(size_t size) {
   if (HM_UNLIKELY(hmi_check_mode)) p = hmi_check_alloc(size, HM_ALIGN);
   else if (size >= hmi_options.mmap_threshold) p = hmi_large_alloc(size, HM_ALIGN);
   else if (size > HM_MCACHE_MAX) p = hmi_arena_alloc(hmi_arena_pick(), size, HM_ALIGN);
-  /* up to HM_MCACHE_MAX: this thread's medium cache first (no lock), else the arena */
+  /* up to HM_MCACHE_MAX: this thread's medium cache first (no lock), else a block of the
+   * size class, so that it can be cached whole when freed */
   else if ((p = hmi_mcache_pop(size)) == NULL)
-    p = hmi_arena_alloc(hmi_arena_pick(), size, HM_ALIGN);
+    p = hmi_arena_alloc(hmi_arena_pick(), hmi_mclass_size(hmi_mclass(size)), HM_ALIGN);
   if (p == NULL) goto fail;
   HM_RACY_ADD(hmi_tcache.stats.malloc_count, 1);
   if (HM_UNLIKELY(hmi_hooks_on)) hmi_hook_alloc(p, size);

@@ -172,9 +172,8 @@ static inline void hmi_tcache_settle(void) {
 void hmi_tcache_init_process(void);
 void hmi_tcache_sum(hm_tstats_t *out, size_t *cached_bytes);
 void hmi_tcache_class_counts(size_t counts[HM_CLASSES]);
-/* Medium cache (tcache.c): classes of eight per power of two from 4 KiB to 128 KiB.  A
- * request's class is the smallest class size at or above it; a kept block is filed under the
- * largest class size at or below its usable size. */
+/* Medium cache (tcache.c): a request of size (HM_SMALL_MAX, HM_MCACHE_MAX] is rounded up to a
+ * medium class so its block can be reused whole. */
 static inline unsigned hmi_mclass(size_t size) {
   unsigned lg = 63u - (unsigned)__builtin_clzl(size - 1); /* 12 .. 16 */
   return (lg - 12u) * 8u + ((unsigned)((size - 1) >> (lg - 3)) & 7u);

@@ -234,41 +234,22 @@ void hmi_free_marked(void *p, unsigned cls) {
 
 /* ---- medium cache ---- */
 
-/* Usable size of a medium block known to be in use (its header is read once). */
-static size_t medium_usable(const void *p) {
-  const hm_chunk_t *c = (const hm_chunk_t *)((uintptr_t)p - HM_CHUNK_HEADER);
-  return (__atomic_load_n(&c->size_flags, __ATOMIC_RELAXED) & ~HM_CH_FLAGS) - HM_CHUNK_HEADER;
-}
-
-static void *mcache_take(hm_tcache_t *tc, unsigned list, size_t usable) {
-  void *p = tc->mcache[list];
-  tc->mcache[list] = hmi_next_checked(p);
-  ((uintptr_t *)p)[1] = 0;
-  tc->mcache_count[list]--;
-  HM_RACY_ADD(tc->mcache_bytes, -usable);
-  return p;
-}
-
-/* A cached medium block for a request of `size`, or NULL.  Blocks are allocated at their
- * exact size (no class rounding: sqlite3's page cache asks for 4104 and 4368 bytes, which
- * classes made 4608) and filed under the class at or below their usable size (list m + 1
- * for class m; list 0 below the first class).  So any block filed under the request's class
- * fits; and the list below holds the blocks of the request's own size, which a program
- * freeing and asking again for one size wants: its first block is taken if big enough. */
+/* A cached medium block for a request of `size`, or NULL. */
 void *hmi_mcache_pop(size_t size) {
   hm_tcache_t *tc = &hmi_tcache;
   unsigned m = hmi_mclass(size);
-  if (tc->mcache[m + 1] != NULL) return mcache_take(tc, m + 1, medium_usable(tc->mcache[m + 1]));
-  if (tc->mcache[m] != NULL) {
-    size_t usable = medium_usable(tc->mcache[m]);
-    if (usable >= size) return mcache_take(tc, m, usable);
-  }
-  return NULL;
+  void *p = tc->mcache[m];
+  if (p == NULL) return NULL;
+  tc->mcache[m] = hmi_next_checked(p);
+  ((uintptr_t *)p)[1] = 0;
+  tc->mcache_count[m]--;
+  HM_RACY_ADD(tc->mcache_bytes, -hmi_mclass_size(m));
+  return p;
 }
 
-/* Keep a freed medium block (p, validated by the caller's page-map lookup only) if there is
- * room; false if the caller must free it to its arena.  A block already here is a double
- * free. */
+/* Keep a freed medium block (p, validated by the caller's page-map lookup only) if it is of
+ * a medium class and there is room; false if the caller must free it to its arena.  A block
+ * already here is a double free. */
 bool hmi_mcache_push(void *p, hm_segment_t *seg) {
   hm_tcache_t *tc = &hmi_tcache;
   hm_chunk_t *c = hmi_arena_chunk_of(p, seg);
@@ -281,33 +262,36 @@ bool hmi_mcache_push(void *p, hm_segment_t *seg) {
   if (((uintptr_t *)p)[1] == hmi_free_mark) hmi_fatal("hmalloc: free(): double free %p\n", p);
   if (tc->state != HM_TC_LIVE || tc->hooked) return false;
   size_t usable = (flags & ~HM_CH_FLAGS) - HM_CHUNK_HEADER;
-  if (usable <= HM_SMALL_MAX || usable > HM_MCACHE_MAX) return false;
+  if (usable <= HM_SMALL_MAX || usable > HM_MCACHE_MAX) return false; /* aligned blocks */
   unsigned m = hmi_mclass(usable);
-  /* the list of the class at or below: every request that looks there fits */
-  unsigned list = hmi_mclass_size(m) == usable ? m + 1 : m;
+  if (hmi_mclass_size(m) != usable) return false; /* resized or aligned: not a class size */
   /* Kept whatever its neighbours: a block next to free space (the free top of the heap, in a
    * malloc/free loop) is the one a program asks for again.  Keeping only blocks whose
    * neighbours were in use made a 32 KiB malloc/free pair at the heap top take the arena
-   * each time: 710 instructions per pair (loop included) against about 230.  What kept
-   * blocks could pin (free space below them that the heap cannot give back) is bounded by
-   * half the cache cap, and a free that leaves a big free chunk the heap cannot trim
-   * flushes the cache (mcache_flush_wanted, arena.c). */
-  if (tc->mcache_count[list] >= HM_MCACHE_DEPTH ||
+   * each time: 710 instructions against about 120.  What kept blocks could pin (free space
+   * below them that the heap cannot give back) is bounded by half the cache cap, and a free
+   * that leaves a big free chunk the heap cannot trim flushes the cache (mcache_flush_wanted,
+   * arena.c). */
+  if (tc->mcache_count[m] >= HM_MCACHE_DEPTH ||
       tc->mcache_bytes + usable > tc->bytes_cap / 2)
     return false;
-  *(void **)p = hmi_link(tc->mcache[list], p);
+  *(void **)p = hmi_link(tc->mcache[m], p);
   ((uintptr_t *)p)[1] = tc->free_mark;
-  tc->mcache[list] = p;
-  tc->mcache_count[list]++;
+  tc->mcache[m] = p;
+  tc->mcache_count[m]++;
   HM_RACY_ADD(tc->mcache_bytes, usable);
   return true;
 }
 
 /* Give every cached medium block back to its arena. */
 void hmi_mcache_flush(hm_tcache_t *tc) {
-  for (unsigned list = 0; list < HM_MCACHE_LISTS; list++) {
-    while (tc->mcache[list] != NULL) {
-      void *p = mcache_take(tc, list, medium_usable(tc->mcache[list]));
+  for (unsigned m = 0; m < HM_MCLASSES; m++) {
+    while (tc->mcache[m] != NULL) {
+      void *p = tc->mcache[m];
+      tc->mcache[m] = hmi_next_checked(p);
+      ((uintptr_t *)p)[1] = 0;
+      tc->mcache_count[m]--;
+      HM_RACY_ADD(tc->mcache_bytes, -hmi_mclass_size(m));
       hmi_arena_free(p, HM_PM_PTR(hmi_pagemap_get((uintptr_t)p)));
     }
   }

@@ -47,8 +47,6 @@
 #define HM_XFER_SLOTS 4                 /* batches a class's transfer cache holds */
 #define HM_MCACHE_MAX ((size_t)128 << 10) /* medium blocks up to this size are cached per thread */
 #define HM_MCLASSES 40                  /* their classes: 8 per power of two, 4 KiB to 128 KiB */
-#define HM_MCACHE_LISTS (HM_MCLASSES + 1) /* list m + 1 holds class m's blocks; list 0 the
-                                           * blocks below the first class (tcache.c) */
 #define HM_MCACHE_DEPTH 4               /* blocks one medium class may hold per thread */
 
 /* ---- page map entries -------------------------------------------------------------------
@@ -146,8 +144,8 @@ typedef struct hm_tcache_s {
   /* Medium blocks of up to HM_MCACHE_MAX bytes, kept whole per thread (still in use for
    * their arena), so a malloc/free pair of a medium size takes no lock.  Linked like the
    * small lists (safe-linking, free mark in the second word). */
-  void *mcache[HM_MCACHE_LISTS];
-  uint8_t mcache_count[HM_MCACHE_LISTS];
+  void *mcache[HM_MCLASSES];
+  uint8_t mcache_count[HM_MCLASSES];
   size_t mcache_bytes;           /* usable bytes held in mcache */
   uint8_t state;                 /* HM_TC_NEW, HM_TC_LIVE, HM_TC_DEAD */
   uint8_t hooked;                /* limits held at 0 so every call reaches the hooks */
