@@ -78,10 +78,11 @@ static void unlink_live(hm_large_t *h) {
 #define CACHE_SLOTS 32
 #define CACHE_BYTES ((size_t)64 << 20) /* the most ever kept */
 #define CACHE_FLOOR ((size_t)2 << 20)  /* the least the bound below ever is */
-/* The bytes kept are also bounded by CACHE_SHARE times the biggest mapping freed lately (a
- * maximum that loses 1/CACHE_DECAY of itself at each free).  A kept mapping pays off when a
- * request of about its size comes; a few of the program's biggest blocks are enough for
- * that, and every byte beyond is resident memory nobody uses.  Measured (5 runs each):
+/* The bytes kept are also bounded by CACHE_SHARE times the biggest block freed or shrunk
+ * lately (a maximum that loses 1/CACHE_DECAY of itself at each such event; pieces put back
+ * by splits and assembly do not count).  A kept mapping pays off when a request of about its
+ * size comes; a few of the program's biggest blocks are enough for that, and every byte
+ * beyond is resident memory nobody uses.  Measured (5 runs each):
  * realloc_heavy, whose blocks stay under 2 MiB, peaked at 31 MB RSS with the fixed 64 MiB
  * bound and at 20 MB with this one (glibc 20 MB), in the same time; large, whose blocks go
  * up to 16 MiB, keeps its 0.5-0.6 s.  A bound relative to the live large bytes instead
