@@ -155,6 +155,33 @@ uint32_t hmi_span_take(unsigned cls, uint32_t want, void **head) {
       }
       partial_push(c, s);
     }
+    /* Objects on span free lists were freed long ago, in any order: each link is a cache
+     * miss, and a walk of one list meets them one after another.  Up to four spans' lists
+     * are walked in turn, so four misses are in flight at once. */
+    hm_span_t *walk[4];
+    unsigned k = 0;
+    for (hm_span_t *t = s; t != NULL && k < 4; t = t->next)
+      if (t->free_list != NULL) walk[k++] = t;
+    if (k > 1) {
+      bool more = true;
+      while (n < want && more) {
+        more = false;
+        for (unsigned i = 0; i < k && n < want; i++) {
+          hm_span_t *t = walk[i];
+          void *p = t->free_list;
+          if (p == NULL) continue;
+          t->free_list = hmi_next_checked(p);
+          *(void **)p = hmi_link(list, p);
+          list = p;
+          n++;
+          t->used++;
+          more = true;
+        }
+      }
+      for (unsigned i = 0; i < k; i++)
+        if (walk[i]->used == walk[i]->capacity) partial_remove(c, walk[i]);
+      continue;
+    }
     while (n < want && s->free_list != NULL) {
       void *p = s->free_list;
       s->free_list = hmi_next_checked(p);

@@ -125,6 +125,59 @@ Test(span, flushed_batches_go_through_the_transfer_cache) {
   cr_assert_eq(hm_heap_check(), 0);
 }
 
+/* Frees every other 1000-byte object of ~20 spans in a thread that then exits, so the
+ * spans hold their free slots on their free lists. */
+static void *half_free_body(void *arg) {
+  void **p = arg;
+  for (int i = 0; i < 1300; i++) p[i] = malloc(1000);
+  for (int i = 0; i < 1300; i += 2) free(p[i]);
+  return NULL;
+}
+
+Test(span, refill_takes_from_several_free_lists_at_once) {
+  hmi_ensure_init();
+  unsigned cls = hmi_size_class(1000);
+  static void *p[1300];
+  pthread_t t;
+  pthread_create(&t, NULL, half_free_body, p);
+  pthread_join(t, NULL);
+  malloc_trim(0); /* transfer batches back into their spans */
+  hm_central_t *c = &hmi_central[cls];
+  cr_assert_eq(c->xfer_n, 0);
+  void *list;
+  uint32_t n = hmi_span_take(cls, 16, &list);
+  cr_assert_eq(n, 16);
+  /* Every object is a distinct free object start of this class, and the batch came from
+   * four spans' lists walked in turn. */
+  hm_span_t *spans[16];
+  unsigned nspans = 0;
+  void *seen[16];
+  uint32_t got = 0;
+  for (void *q = list; q != NULL; q = hmi_next_checked(q)) {
+    cr_assert_lt(got, 16);
+    hm_pmentry_t e = hmi_pagemap_get((uintptr_t)q);
+    cr_assert(e & HM_PM_SMALL);
+    hm_span_t *s = HM_PM_PTR(e);
+    cr_assert_eq(s->cls, cls);
+    cr_assert_eq(((uintptr_t)q - s->start) % hmi_class_size[cls], 0);
+    int pos = -1;
+    for (int i = 0; i < 1300; i++)
+      if (p[i] == q) pos = i;
+    cr_assert(pos >= 0 && pos % 2 == 0, "%p is one of the freed objects", q);
+    for (uint32_t i = 0; i < got; i++) cr_assert_neq(seen[i], q, "handed out twice");
+    seen[got++] = q;
+    unsigned j = 0;
+    while (j < nspans && spans[j] != s) j++;
+    if (j == nspans) spans[nspans++] = s;
+  }
+  cr_assert_eq(got, 16);
+  cr_assert_eq(nspans, 4, "taken from %u spans", nspans);
+  hmi_span_give(cls, list, n);
+  cr_assert_eq(hm_heap_check(), 0);
+  for (int i = 1; i < 1300; i += 2) free(p[i]);
+  cr_assert_eq(hm_heap_check(), 0);
+}
+
 Test(span, medium_blocks_are_cached_whole_per_thread) {
   free(malloc(16)); /* set the thread cache up */
   hm_tcache_t *tc = &hmi_tcache;
