@@ -157,39 +157,29 @@ uint32_t hmi_span_take(unsigned cls, uint32_t want, void **head) {
     }
     /* Objects on span free lists were freed long ago, in any order: each link is a cache
      * miss, and a walk of one list meets them one after another.  Up to four spans' lists
-     * are walked in turn, so four misses are in flight at once. */
+     * (this one's and the next partial spans') are walked in turn, so four misses are in
+     * flight at once.  A lone list of another span waits: this span's bump comes first. */
     hm_span_t *walk[4];
     unsigned k = 0;
     for (hm_span_t *t = s; t != NULL && k < 4; t = t->next)
       if (t->free_list != NULL) walk[k++] = t;
-    if (k > 1) {
-      bool more = true;
-      while (n < want && more) {
-        more = false;
-        for (unsigned i = 0; i < k && n < want; i++) {
-          hm_span_t *t = walk[i];
-          void *p = t->free_list;
-          if (p == NULL) continue;
-          t->free_list = hmi_next_checked(p);
-          *(void **)p = hmi_link(list, p);
-          list = p;
-          n++;
-          t->used++;
-          more = true;
-        }
+    if (k == 1 && walk[0] != s) k = 0;
+    for (bool more = true; n < want && more;) {
+      more = false;
+      for (unsigned i = 0; i < k && n < want; i++) {
+        hm_span_t *t = walk[i];
+        void *p = t->free_list;
+        if (p == NULL) continue;
+        t->free_list = hmi_next_checked(p);
+        *(void **)p = hmi_link(list, p);
+        list = p;
+        n++;
+        t->used++;
+        more = true;
       }
-      for (unsigned i = 0; i < k; i++)
-        if (walk[i]->used == walk[i]->capacity) partial_remove(c, walk[i]);
-      continue;
     }
-    while (n < want && s->free_list != NULL) {
-      void *p = s->free_list;
-      s->free_list = hmi_next_checked(p);
-      *(void **)p = hmi_link(list, p);
-      list = p;
-      n++;
-      s->used++;
-    }
+    for (unsigned i = 0; i < k; i++)
+      if (walk[i] != s && walk[i]->used == walk[i]->capacity) partial_remove(c, walk[i]);
     while (n < want && s->bump < s->capacity) {
       void *p = (void *)(s->start + (size_t)s->bump * size);
       /* free() reads bump without the lock to accept only handed-out objects */
