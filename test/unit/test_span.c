@@ -125,6 +125,62 @@ Test(span, flushed_batches_go_through_the_transfer_cache) {
   cr_assert_eq(hm_heap_check(), 0);
 }
 
+/* List limits adapt to the thread: one batch at first, a batch more per refill up to the
+ * ceiling, a batch less per three overflows with no refill.  Each phase runs in a thread of
+ * its own so that it starts from a fresh cache. */
+enum { ADAPT_N = 3000, ADAPT_SIZE = 64 };
+static void *adapt_objects[ADAPT_N];
+struct adapt_seen {
+  uint32_t start_limit;   /* after set-up by a free, before any refill */
+  uint32_t after_allocs;  /* after ADAPT_N mallocs (many refills) */
+  uint32_t after_frees;   /* after those ADAPT_N objects came back (many overflows) */
+  uint32_t consumer_limit, consumer_count; /* a thread that only frees */
+};
+
+static void *adapt_producer(void *arg) {
+  struct adapt_seen *seen = arg;
+  hm_tcache_t *tc = &hmi_tcache;
+  unsigned cls = hmi_size_class(ADAPT_SIZE);
+  free(malloc(ADAPT_SIZE * 2)); /* set-up through another class */
+  seen->start_limit = tc->limit[cls];
+  for (int i = 0; i < ADAPT_N; i++) adapt_objects[i] = malloc(ADAPT_SIZE);
+  seen->after_allocs = tc->limit[cls];
+  for (int i = 0; i < ADAPT_N; i++) free(adapt_objects[i]);
+  seen->after_frees = tc->limit[cls];
+  for (int i = 0; i < ADAPT_N; i++) adapt_objects[i] = malloc(ADAPT_SIZE); /* for the consumer */
+  return NULL;
+}
+
+static void *adapt_consumer(void *arg) {
+  struct adapt_seen *seen = arg;
+  hm_tcache_t *tc = &hmi_tcache;
+  unsigned cls = hmi_size_class(ADAPT_SIZE);
+  for (int i = 0; i < ADAPT_N; i++) {
+    free(adapt_objects[i]);
+    cr_assert_leq(hm_bin_count(tc, cls), tc->limit[cls]);
+  }
+  seen->consumer_limit = tc->limit[cls];
+  seen->consumer_count = hm_bin_count(tc, cls);
+  return NULL;
+}
+
+Test(span, list_limits_grow_with_refills_and_shrink_with_overflows) {
+  struct adapt_seen seen;
+  pthread_t t;
+  pthread_create(&t, NULL, adapt_producer, &seen);
+  pthread_join(t, NULL);
+  pthread_create(&t, NULL, adapt_consumer, &seen);
+  pthread_join(t, NULL);
+  cr_assert_gt(seen.start_limit, 0);
+  cr_assert_geq(seen.after_allocs, 4 * seen.start_limit, "refills raise the limit: %u from %u",
+                seen.after_allocs, seen.start_limit);
+  cr_assert_lt(seen.after_frees, seen.after_allocs, "overflows lower it: %u from %u",
+               seen.after_frees, seen.after_allocs);
+  cr_assert_eq(seen.consumer_limit, seen.start_limit, "a thread that only frees keeps one batch");
+  cr_assert_leq(seen.consumer_count, seen.start_limit);
+  cr_assert_eq(hm_heap_check(), 0);
+}
+
 /* Frees every other 1000-byte object of ~20 spans in a thread that then exits, so the
  * spans hold their free slots on their free lists. */
 static void *half_free_body(void *arg) {
