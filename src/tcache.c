@@ -73,17 +73,23 @@ void hmi_tcache_init_process(void) {
   size_t cap = hmi_options.tcache_max;
   for (unsigned c = 0; c < HM_CLASSES; c++) {
     size_t size = hmi_class_size[c];
-    /* 16 KiB worth, 4 to 64 objects, a multiple of 4: every class size is a multiple of 16,
-     * so a batch covers whole 64-byte cache lines, and two threads refilling from a fresh
-     * span never share a line (no false sharing handed out). */
-    size_t batch = ((size_t)16 << 10) / size;
+    /* A batch is 16 KiB worth (a quarter of the cap under a cap below 64 KiB), 4 to 64
+     * objects, a multiple of 4: every class size is a multiple of 16, so a batch covers
+     * whole 64-byte cache lines, and two threads refilling from a fresh span never share a
+     * line (no false sharing handed out).  A class whose smallest batch is more than a
+     * quarter of the cap is not cached at all (as with a cap of 0): one refill of it would
+     * put the cache over its cap and empty the other lists.  With these rules and
+     * enforce_cap's, alloc_test-t2 under a 16 KiB cap takes 0.52 s, against 1.04 s before,
+     * 0.64 s with no cache and 0.36 s with the default cap. */
+    size_t share = cap / 4;
+    size_t batch = (share < ((size_t)16 << 10) ? share : ((size_t)16 << 10)) / size;
     if (batch > 64) batch = 64;
     batch &= ~(size_t)3;
     if (batch < 4) batch = 4;
-    size_t limit = cap / 4 / size;
+    size_t limit = share / size;
     if (limit > 1024) limit = 1024;
     if (limit < batch) limit = batch;
-    if (cap == 0 || hmi_check_mode) limit = 0, batch = 1; /* no caching */
+    if (cap == 0 || hmi_check_mode || batch * size > share) limit = 0, batch = 1; /* no caching */
     class_batch[c] = (uint32_t)batch;
     class_limit[c] = (uint32_t)limit;
   }
@@ -175,13 +181,31 @@ static size_t cached_bytes(const hm_tcache_t *tc) {
   return bytes;
 }
 
-/* Keep the whole cache under its byte cap: halve every list while it is over (the medium
- * cache, which holds few big blocks, is emptied first). */
+/* Keep the whole cache under its byte cap.  Over it, the medium cache (few big blocks) is
+ * emptied first; then the list holding the most bytes is halved, again and again, until the
+ * cache is down to half the cap.  Halving every list at each breach, as this did before,
+ * made any cap below the default cost about as much as no cache: with a 64 KiB cap,
+ * alloc_test-t2 took 0.65 s (0.64 with no cache, 0.36 with the default cap), because each
+ * breach flushed up to 48 lists that the next refills took back; biggest first, 0.49 s.
+ * (Flushing whole lists instead, or stopping at 3/4 of the cap, made fragment 30% and
+ * shuffle 3% slower at the default cap.) */
 static void enforce_cap(hm_tcache_t *tc) {
-  if (cached_bytes(tc) + tc->mcache_bytes > tc->bytes_cap) hmi_mcache_flush(tc);
-  while (cached_bytes(tc) > tc->bytes_cap) {
-    for (unsigned c = 0; c < HM_CLASSES; c++)
-      flush(tc, c, (hm_bin_count(tc, c) + 1) / 2);
+  size_t bytes = cached_bytes(tc);
+  if (bytes + tc->mcache_bytes <= tc->bytes_cap) return;
+  hmi_mcache_flush(tc);
+  if (bytes <= tc->bytes_cap) return;
+  size_t target = tc->bytes_cap / 2;
+  while (bytes > target) {
+    unsigned pick = 0;
+    size_t most = 0;
+    for (unsigned c = 0; c < HM_CLASSES; c++) {
+      size_t b = (size_t)hm_bin_count(tc, c) * hmi_class_size[c];
+      if (b > most) most = b, pick = c;
+    }
+    uint32_t n = (hm_bin_count(tc, pick) + 1) / 2;
+    if (n == 0) break;
+    flush(tc, pick, n);
+    bytes -= (size_t)n * hmi_class_size[pick];
   }
 }
 

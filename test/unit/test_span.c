@@ -80,6 +80,73 @@ Test(span, cache_stays_under_its_byte_cap) {
   cr_assert_leq(bytes, hmi_options.tcache_max + biggest);
 }
 
+/* Over the cap, the list with the most bytes is halved first; the small lists of other
+ * classes keep their objects.  (Halving every list at each breach emptied the cache for
+ * every class a thread uses, and any cap below the default cost about as much as no cache.) */
+static void *cap_breach_body(void *arg) {
+  (void)arg;
+  hm_tcache_t *tc = &hmi_tcache;
+  free(malloc(32)); /* set-up */
+  tc->bytes_cap = 64 << 10;
+  unsigned small = hmi_size_class(32), big = hmi_size_class(2048);
+  void *s[8], *b[90];
+  for (int i = 0; i < 8; i++) s[i] = malloc(32);
+  for (int i = 0; i < 8; i++) free(s[i]);
+  uint32_t small_count = hm_bin_count(tc, small);
+  cr_assert_geq(small_count, 8);
+  /* 60 KiB of each of two classes: refills grow their limits; freed, they hold more than
+   * the cap between them */
+  for (int i = 0; i < 30; i++) b[i] = malloc(2048);
+  for (int i = 30; i < 90; i++) b[i] = malloc(1024);
+  uint64_t flushes = tc->stats.class_flush[small];
+  for (int i = 0; i < 90; i++) free(b[i]);
+  size_t bytes = 0;
+  for (unsigned c = 0; c < HM_CLASSES; c++) bytes += (size_t)hm_bin_count(tc, c) * hmi_class_size[c];
+  cr_assert_leq(bytes, tc->bytes_cap, "%zu bytes cached", bytes);
+  cr_assert_gt(tc->stats.class_flush[big], 0);
+  cr_assert_eq(tc->stats.class_flush[small], flushes, "the 32-byte list was not flushed");
+  cr_assert_eq(hm_bin_count(tc, small), small_count);
+  return NULL;
+}
+
+Test(span, cap_breach_halves_the_biggest_list_first) {
+  pthread_t t;
+  pthread_create(&t, NULL, cap_breach_body, NULL);
+  pthread_join(t, NULL);
+  cr_assert_eq(hm_heap_check(), 0);
+}
+
+/* Under a cap so small that one batch of a big class is more than a quarter of it, that
+ * class is not cached at all, and the others take batches of a quarter of the cap at most. */
+static void *tiny_cap_body(void *arg) {
+  (void)arg;
+  hm_tcache_t *tc = &hmi_tcache;
+  unsigned small = hmi_size_class(32), big = hmi_size_class(4096);
+  free(malloc(32));
+  free(malloc(4096));
+  cr_assert_eq(tc->limit[big], 0, "4 KiB objects are not cached under a 16 KiB cap");
+  cr_assert_eq(hm_bin_count(tc, big), 0);
+  cr_assert_gt(tc->limit[small], 0);
+  void *p[200];
+  for (int i = 0; i < 200; i++) p[i] = malloc(32);
+  cr_assert_leq((size_t)hm_bin_count(tc, small) * 32, 4096, "a batch is a quarter of the cap");
+  for (int i = 0; i < 200; i++) free(p[i]);
+  size_t bytes = 0;
+  for (unsigned c = 0; c < HM_CLASSES; c++) bytes += (size_t)hm_bin_count(tc, c) * hmi_class_size[c];
+  cr_assert_leq(bytes, 16384);
+  return NULL;
+}
+
+Test(span, tiny_cap_leaves_big_classes_uncached) {
+  hmi_ensure_init();
+  hmi_options.tcache_max = 16384; /* as HMALLOC_TCACHE_MAX=16384 would at start-up */
+  hmi_tcache_init_process();      /* (a second exit key: its destructor finds the cache dead) */
+  pthread_t t;
+  pthread_create(&t, NULL, tiny_cap_body, NULL);
+  pthread_join(t, NULL);
+  cr_assert_eq(hm_heap_check(), 0);
+}
+
 static void *thread_body(void *arg) {
   (void)arg;
   void *p[300];
