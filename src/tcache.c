@@ -8,7 +8,8 @@
  * A free by any thread goes to that thread's cache whatever span the object came from; a
  * list that passes its limit gives half of it back to the central lists in one batch (so a
  * consumer thread freeing a producer's objects stays bounded), and a refill takes a batch.
- * Limits adapt to what the thread does with each class (slow start, as tcmalloc's lists do):
+ * Batches and limits adapt to what the thread does with each class (slow start, as tcmalloc's
+ * lists do): a thread's first refills of a class take 8, 16 and 32 objects, then batches;
  * a list may first hold one batch; each refill raises its limit by a batch, up to the class's
  * ceiling; every third overflow with no refill in between lowers it by a batch again.  So a
  * thread that allocates a class in bursts keeps room for a burst, and a thread that mostly
@@ -16,7 +17,8 @@
  * holds one batch of it, not the ceiling: measured, that took 64-thread xmalloc from 41 to
  * 28 MB of peak RSS and thread_churn from 5.9 to 5.1 MB, with no workload slower.
  * Byte cap: ceilings are chosen so one list holds at most cap/4 bytes; when the cache as a
- * whole passes the cap (checked on every slow path), every list is halved.
+ * whole passes the cap (checked on every slow path), the list holding the most bytes is
+ * halved until the cache is down to half the cap (enforce_cap).
  * Thread exit: a pthread key destructor flushes everything and marks the cache DEAD with
  * limits 0; later frees (glibc frees after the destructors ran) go straight to the central
  * lists and later mallocs take one object at a time without caching.
@@ -64,6 +66,8 @@ static uint32_t class_batch[HM_CLASSES]; /* objects moved per refill */
 static uint32_t class_limit[HM_CLASSES]; /* most objects a list may come to hold */
 /* Flushes of a list with no refill in between that lower its limit by a batch. */
 #define OVERFLOWS_TO_SHRINK 3
+/* Objects in a thread's first refill of a class (a multiple of 4, as batches are). */
+#define FIRST_BATCH 8
 
 static void thread_exit(void *arg);
 static void flush(hm_tcache_t *tc, unsigned c, uint32_t n);
@@ -223,6 +227,13 @@ void *hmi_tcache_alloc_slow(unsigned cls) {
   }
   void *list;
   uint32_t want = tc->state == HM_TC_LIVE && tc->limit[cls] > 0 ? class_batch[cls] : 1;
+  /* A thread's first refills of a class take 8, 16, then 32 objects, up to the batch: a
+   * thread that only needs a few objects of a class does not take (and touch) 16 KiB of
+   * it.  Measured: thread_churn 4.9 -> 4.4 MB of peak RSS, no workload slower. */
+  if (want > 1 && tc->warmup[cls] < 3) {
+    uint32_t first = (uint32_t)FIRST_BATCH << tc->warmup[cls]++;
+    if (first < want) want = first;
+  }
   uint32_t n = hmi_span_take(cls, want, &list);
   if (n == 0) return NULL;
   HM_RACY_ADD(tc->stats.refills, 1);

@@ -147,6 +147,7 @@ typedef struct hm_tcache_s {
   void *mcache[HM_MCLASSES];
   uint8_t mcache_count[HM_MCLASSES];
   uint8_t overflows[HM_CLASSES]; /* flushes of list c since its last refill (tcache.c) */
+  uint8_t warmup[HM_CLASSES];    /* refills of class c so far, counted up to 3 (tcache.c) */
   size_t mcache_bytes;           /* usable bytes held in mcache */
   uint8_t state;                 /* HM_TC_NEW, HM_TC_LIVE, HM_TC_DEAD */
   uint8_t hooked;                /* limits held at 0 so every call reaches the hooks */

@@ -80,6 +80,36 @@ Test(span, cache_stays_under_its_byte_cap) {
   cr_assert_leq(bytes, hmi_options.tcache_max + biggest);
 }
 
+/* A thread's first refills of a class take 8, 16 and 32 objects, then whole batches (64
+ * objects of 48 bytes): a thread that needs a few objects of a class takes a few. */
+static void *warmup_body(void *arg) {
+  uint32_t *seen = arg;
+  hm_tcache_t *tc = &hmi_tcache;
+  unsigned cls = hmi_size_class(48);
+  static void *p[200];
+  int k = 0;
+  for (int r = 0; r < 5; r++) {
+    p[k++] = malloc(48); /* the list is empty: a refill */
+    seen[r] = hm_bin_count(tc, cls) + 1;
+    while (hm_bin_count(tc, cls) > 0) p[k++] = malloc(48);
+  }
+  for (int i = 0; i < k; i++) free(p[i]);
+  return NULL;
+}
+
+Test(span, first_refills_of_a_class_are_small) {
+  uint32_t seen[5];
+  pthread_t t;
+  pthread_create(&t, NULL, warmup_body, seen);
+  pthread_join(t, NULL);
+  cr_assert_eq(seen[0], 8);
+  cr_assert_eq(seen[1], 16);
+  cr_assert_eq(seen[2], 32);
+  cr_assert_eq(seen[3], 64);
+  cr_assert_eq(seen[4], 64);
+  cr_assert_eq(hm_heap_check(), 0);
+}
+
 /* Over the cap, the list with the most bytes is halved first; the small lists of other
  * classes keep their objects.  (Halving every list at each breach emptied the cache for
  * every class a thread uses, and any cap below the default cost about as much as no cache.) */
