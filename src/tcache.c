@@ -254,6 +254,16 @@ void *hmi_tcache_alloc_slow(unsigned cls) {
   return p;
 }
 
+/* A thread whose first call is a free (set-up happens there) frees an object another thread
+ * allocated: it has allocated nothing yet.  Kept, that object would be the first this
+ * thread gets back for its class, next to objects the other thread and others hold (Hoard's
+ * cache-scratch: passive false sharing, made by the allocator).  So it goes back to its span
+ * at once; the thread's own objects come from a refill.  Measured on cache_scratch: 0.37 ->
+ * 0.21 s with 2 threads, 0.73 -> 0.43 s with 4 (mimalloc 0.21 s with 2). */
+static void give_back_foreign(hm_tcache_t *tc, unsigned cls) {
+  flush(tc, cls, hm_bin_count(tc, cls));
+}
+
 /* p has just been pushed on its bin, which is now over its limit (or not set up). */
 void hmi_tcache_free_slow(void *p, unsigned cls) {
   hm_tcache_t *tc = &hmi_tcache;
@@ -261,7 +271,8 @@ void hmi_tcache_free_slow(void *p, unsigned cls) {
   if (tc->state == HM_TC_NEW) {
     hmi_ensure_init();
     setup(tc);
-    if (tc->space[cls] >= 0) return;
+    give_back_foreign(tc, cls);
+    return;
   } else if (HM_UNLIKELY(hmi_hooks_on != tc->hooked)) {
     hmi_tcache_sync_hooks();
   }
@@ -293,7 +304,8 @@ void hmi_tcache_free_slow(void *p, unsigned cls) {
  * and look again. */
 void hmi_free_marked(void *p, unsigned cls) {
   hm_tcache_t *tc = &hmi_tcache;
-  if (tc->state == HM_TC_NEW) {
+  bool first_call = tc->state == HM_TC_NEW;
+  if (first_call) {
     hmi_ensure_init();
     setup(tc);
   }
@@ -303,7 +315,8 @@ void hmi_free_marked(void *p, unsigned cls) {
   tc->head[cls] = p;
   HM_RACY_ADD(tc->stats.class_free[cls], 1);
   HM_RACY_ADD(tc->space[cls], -1);
-  if (tc->space[cls] < 0) hmi_tcache_free_slow(p, cls);
+  if (first_call) give_back_foreign(tc, cls);
+  else if (tc->space[cls] < 0) hmi_tcache_free_slow(p, cls);
 }
 
 /* ---- medium cache ---- */

@@ -110,6 +110,30 @@ Test(span, first_refills_of_a_class_are_small) {
   cr_assert_eq(hm_heap_check(), 0);
 }
 
+/* A thread whose first call is a free of another thread's object does not keep it: the
+ * object goes back to its span (kept, it would be the first object the thread gets back,
+ * in a cache line other threads use: Hoard's cache-scratch). */
+static void *first_free_body(void *arg) {
+  hm_tcache_t *tc = &hmi_tcache;
+  unsigned cls = hmi_size_class(8);
+  cr_assert_eq(tc->state, HM_TC_NEW);
+  free(arg);
+  cr_assert_eq(tc->state, HM_TC_LIVE);
+  cr_assert_eq(hm_bin_count(tc, cls), 0, "the other thread's object was given back");
+  void *p = malloc(8); /* a later free of the thread's own object is kept as usual */
+  free(p);
+  cr_assert_gt(hm_bin_count(tc, cls), 0);
+  return NULL;
+}
+
+Test(span, first_free_of_a_new_thread_is_given_back) {
+  void *obj = malloc(8);
+  pthread_t t;
+  pthread_create(&t, NULL, first_free_body, obj);
+  pthread_join(t, NULL);
+  cr_assert_eq(hm_heap_check(), 0);
+}
+
 /* Over the cap, the list with the most bytes is halved first; the small lists of other
  * classes keep their objects.  (Halving every list at each breach emptied the cache for
  * every class a thread uses, and any cap below the default cost about as much as no cache.) */
