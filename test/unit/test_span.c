@@ -11,6 +11,13 @@
 #include "hmalloc.h"
 #include "internal.h"
 
+/* Bytes the thread's small lists hold. */
+static size_t small_cached_bytes(const hm_tcache_t *tc) {
+  size_t bytes = 0;
+  for (unsigned c = 0; c < HM_CLASSES; c++) bytes += (size_t)hm_bin_count(tc, c) * hmi_class_size[c];
+  return bytes;
+}
+
 Test(span, objects_are_distinct_aligned_and_span_local) {
   enum { N = 20000 };
   static void *p[N];
@@ -154,8 +161,7 @@ static void *cap_breach_body(void *arg) {
   for (int i = 30; i < 90; i++) b[i] = malloc(1024);
   uint64_t flushes = tc->stats.class_flush[small];
   for (int i = 0; i < 90; i++) free(b[i]);
-  size_t bytes = 0;
-  for (unsigned c = 0; c < HM_CLASSES; c++) bytes += (size_t)hm_bin_count(tc, c) * hmi_class_size[c];
+  size_t bytes = small_cached_bytes(tc);
   cr_assert_leq(bytes, tc->bytes_cap, "%zu bytes cached", bytes);
   cr_assert_gt(tc->stats.class_flush[big], 0);
   cr_assert_eq(tc->stats.class_flush[small], flushes, "the 32-byte list was not flushed");
@@ -185,8 +191,7 @@ static void *tiny_cap_body(void *arg) {
   for (int i = 0; i < 200; i++) p[i] = malloc(32);
   cr_assert_leq((size_t)hm_bin_count(tc, small) * 32, 4096, "a batch is a quarter of the cap");
   for (int i = 0; i < 200; i++) free(p[i]);
-  size_t bytes = 0;
-  for (unsigned c = 0; c < HM_CLASSES; c++) bytes += (size_t)hm_bin_count(tc, c) * hmi_class_size[c];
+  size_t bytes = small_cached_bytes(tc);
   cr_assert_leq(bytes, 16384);
   return NULL;
 }
