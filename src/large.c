@@ -108,6 +108,7 @@ static struct {
 static uint64_t cache_clock;
 static uint64_t serials; /* the last serial given to a block (never 0) */
 _Static_assert(sizeof(hm_large_t) <= HM_LARGE_HEADER, "the header fits before the block");
+_Static_assert((HM_LARGE_HEADER & (HM_LARGE_HEADER - 1)) == 0, "a power of two: it is the least alignment");
 size_t hmi_large_cached_bytes;
 uint64_t hmi_large_maps, hmi_large_unmaps; /* system calls made for large blocks (stats) */
 

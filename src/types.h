@@ -39,7 +39,7 @@
 #define HM_CLASSES 48                   /* number of small size classes */
 #define HM_SPAN_SIZE ((size_t)64 << 10) /* bytes of objects in one span */
 #define HM_SPAN_PAGES (HM_SPAN_SIZE >> HM_PAGE_SHIFT)
-#define HM_LARGE_HEADER 128             /* bytes before a large block's user pointer */
+#define HM_LARGE_HEADER 256             /* bytes before a large block's user pointer */
 #define HM_DEFAULT_MMAP_THRESHOLD ((size_t)128 << 10)
 #define HM_DEFAULT_TRIM_THRESHOLD ((size_t)128 << 10)
 #define HM_MAX_MMAP_THRESHOLD ((size_t)32 << 20)
@@ -219,8 +219,9 @@ typedef struct hm_arena_s {
 /* Where a large mapping's pages change kernel mapping (VMA): a block assembled from kept
  * mappings (large.c) is several VMAs, which mremap cannot resize as one.  cut[0..n-1] are
  * the page offsets, ascending, at which a new VMA begins; n == 0 for a single VMA.  An upper
- * bound: the kernel may merge neighbours. */
-#define HM_LARGE_MAX_VMAS 16
+ * bound: the kernel may merge neighbours.  48 VMAs fill a 256-byte header (docs/design.md
+ * has what 16, 48 and 112 measured). */
+#define HM_LARGE_MAX_VMAS 48
 typedef struct hm_vmas_s {
   uint32_t n;
   uint32_t cut[HM_LARGE_MAX_VMAS - 1];

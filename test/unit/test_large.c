@@ -233,6 +233,37 @@ Test(large, kept_mappings_are_split_and_assembled_without_new_faults) {
   cr_expect_eq(hmi_large_cached_bytes, 0);
 }
 
+/* A block is assembled from as many as 24 kept mappings (a program that frees many
+ * mid-sized buffers, then needs one big one): all their pages are reused, none faults. */
+Test(large, assembly_uses_up_to_two_dozen_kept_mappings) {
+  hmi_ensure_init();
+  const size_t MiB = 1 << 20, pages_per_mib = MiB / HM_PAGE;
+  enum { PIECES = 24 };
+  /* a big block freed first lets the cache keep all the pieces (its bound follows the
+   * biggest recent block); malloc_trim then empties the cache */
+  free(malloc(16 * MiB));
+  malloc_trim(0);
+  char *q[PIECES];
+  for (int i = 0; i < PIECES; i++) {
+    q[i] = malloc(MiB / 2 - 4096);
+    cr_assert_not_null(q[i]);
+    memset(q[i], 4, MiB / 2 - 4096);
+  }
+  for (int i = 0; i < PIECES; i++) free(q[i]);
+  cr_assert_geq(hmi_large_cached_bytes, PIECES * MiB / 2, "every piece is kept");
+  long before = minor_faults();
+  size_t n = PIECES * MiB / 2 - 4096;
+  char *whole = malloc(n);
+  cr_assert_not_null(whole);
+  memset(whole, 5, n);
+  long faults = minor_faults() - before;
+  cr_expect_lt(faults, (long)pages_per_mib / 4, "%ld faults touching %zu bytes assembled from %d kept mappings", faults, n, (int)PIECES);
+  hm_large_t *h = (hm_large_t *)((uintptr_t)whole - HM_LARGE_HEADER);
+  cr_expect_leq(vmas_over(whole, n), (int)h->vmas.n + 1);
+  cr_expect_eq(hm_heap_check(), 0);
+  free(whole);
+}
+
 /* Many frees and allocations of mixed large sizes: every live block stays within
  * HM_LARGE_MAX_VMAS kernel mappings, as its record says, and the contents survive. */
 Test(large, assembled_blocks_stay_within_their_vma_bound) {
