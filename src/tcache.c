@@ -168,10 +168,15 @@ static void flush(hm_tcache_t *tc, unsigned c, uint32_t n) {
   uint32_t count = hm_bin_count(tc, c);
   if (n > count) n = count;
   if (n == 0) return;
-  void *head = tc->head[c], *last = head;
-  for (uint32_t i = 1; i < n; i++) last = hmi_next_checked(last);
-  tc->head[c] = hmi_next_checked(last);
-  *(void **)last = hmi_link(NULL, last);
+  void *head = tc->head[c];
+  if (n == count) { /* the whole list: it already ends in a NULL link, nothing to walk */
+    tc->head[c] = NULL;
+  } else {
+    void *last = head;
+    for (uint32_t i = 1; i < n; i++) last = hmi_next_checked(last);
+    tc->head[c] = hmi_next_checked(last);
+    *(void **)last = hmi_link(NULL, last);
+  }
   HM_RACY_ADD(tc->space[c], (int32_t)n);
   HM_RACY_ADD(tc->stats.flushes, 1);
   HM_RACY_ADD(tc->stats.class_flush[c], 1);
@@ -290,7 +295,14 @@ void hmi_tcache_free_slow(void *p, unsigned cls) {
       set_limit(tc, cls, limit > start_limit(cls) ? limit : start_limit(cls));
     }
   }
-  flush(tc, cls, hm_bin_count(tc, cls) - tc->limit[cls] / 2);
+  /* The whole list goes, not the part over half the limit as before: no walk to a cut
+   * point through objects that may be out of cache (a list of 64-byte objects at its limit
+   * is 64 KiB), and one batch where there were two.  Measured against keeping half:
+   * batch_lifo/256x1000 14.8 -> 8.3 us, batch_fifo/256x1000 15.2 -> 8.4, batch_random
+   * 15.8 -> 11.0, xthread_free/64 30 -> 21 us; xmalloc-t64 0.91x (7 interleaved runs),
+   * fragment 0.97x, python3 0.98x (5 runs); peak RSS the same except xmalloc-t64, 27 -> 28 MB
+   * (its transfer batches are twice as big). */
+  flush(tc, cls, hm_bin_count(tc, cls));
   enforce_cap(tc);
 }
 

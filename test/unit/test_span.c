@@ -254,7 +254,7 @@ Test(span, flushed_batches_go_through_the_transfer_cache) {
 /* List limits adapt to the thread: one batch at first, a batch more per refill up to the
  * ceiling, a batch less per three overflows with no refill.  Each phase runs in a thread of
  * its own so that it starts from a fresh cache. */
-enum { ADAPT_N = 3000, ADAPT_SIZE = 64 };
+enum { ADAPT_N = 4000, ADAPT_SIZE = 64 }; /* frees enough for 3 overflows of a full list */
 static void *adapt_objects[ADAPT_N];
 struct adapt_seen {
   uint32_t start_limit;   /* after set-up by a free, before any refill */
@@ -305,6 +305,40 @@ Test(span, list_limits_grow_with_refills_and_shrink_with_overflows) {
   cr_assert_eq(seen.consumer_limit, seen.start_limit, "a thread that only frees keeps one batch");
   cr_assert_leq(seen.consumer_count, seen.start_limit);
   cr_assert_eq(hm_heap_check(), 0);
+}
+
+/* A free that takes a list over its limit hands the whole list on, in one batch: the list
+ * is empty after it, and the batch (limit + 1 objects) waits in the class's transfer cache. */
+static void *overflow_body(void *arg) {
+  uint32_t *seen = arg;
+  hm_tcache_t *tc = &hmi_tcache;
+  unsigned cls = hmi_size_class(ADAPT_SIZE);
+  for (int i = 0; i < ADAPT_N; i++) adapt_objects[i] = malloc(ADAPT_SIZE);
+  uint32_t limit = tc->limit[cls];
+  int i = 0;
+  while (i < ADAPT_N && hm_bin_count(tc, cls) < limit) free(adapt_objects[i++]);
+  seen[0] = limit;
+  seen[1] = hm_bin_count(tc, cls);
+  seen[2] = hmi_central[cls].xfer_n;
+  free(adapt_objects[i++]); /* one over the limit */
+  seen[3] = hm_bin_count(tc, cls);
+  seen[4] = hmi_central[cls].xfer_n;
+  seen[5] = seen[4] > 0 ? hmi_central[cls].xfer_count[seen[4] - 1] : 0;
+  while (i < ADAPT_N) free(adapt_objects[i++]);
+  return NULL;
+}
+
+Test(span, an_overflowing_free_hands_on_the_whole_list) {
+  uint32_t seen[6];
+  pthread_t t;
+  pthread_create(&t, NULL, overflow_body, seen);
+  pthread_join(t, NULL);
+  cr_assert_gt(seen[0], 0);
+  cr_assert_eq(seen[1], seen[0], "the list fills up to its limit");
+  cr_expect_eq(seen[3], 0, "the overflowing free empties the list (%u left)", seen[3]);
+  cr_expect_eq(seen[4], seen[2] + 1, "into one transfer batch");
+  cr_expect_eq(seen[5], seen[0] + 1, "of limit + 1 objects");
+  cr_expect_eq(hm_heap_check(), 0);
 }
 
 /* Frees every other 1000-byte object of ~20 spans in a thread that then exits, so the
