@@ -180,14 +180,24 @@ uint32_t hmi_span_take(unsigned cls, uint32_t want, void **head) {
     }
     for (unsigned i = 0; i < k; i++)
       if (walk[i] != s && walk[i]->used == walk[i]->capacity) partial_remove(c, walk[i]);
-    while (n < want && s->bump < s->capacity) {
-      void *p = (void *)(s->start + (size_t)s->bump * size);
+    if (n < want && s->bump < s->capacity) {
+      uint32_t k = want - n;
+      if (k > s->capacity - s->bump) k = s->capacity - s->bump;
+      /* Linked from the last down, so that they are handed out in ascending address order
+       * (pushing each on the list as it was carved handed out each batch backwards).  A
+       * program's objects allocated one after another, then walked in that order (Python's
+       * garbage collector, a list of records), are then met in the order the hardware
+       * prefetcher expects: python3 0.90x (7 interleaved runs), larson-t1 0.98x, alloc_test-t2
+       * 0.96x, shuffle, fragment and xmalloc within 2%. */
+      for (uint32_t j = k; j-- > 0;) {
+        void *p = (void *)(s->start + (size_t)(s->bump + j) * size);
+        *(void **)p = hmi_link(list, p);
+        list = p;
+      }
       /* free() reads bump without the lock to accept only handed-out objects */
-      __atomic_store_n(&s->bump, s->bump + 1, __ATOMIC_RELAXED);
-      *(void **)p = hmi_link(list, p);
-      list = p;
-      n++;
-      s->used++;
+      __atomic_store_n(&s->bump, s->bump + k, __ATOMIC_RELAXED);
+      n += k;
+      s->used += k;
     }
     hm_assert(s->used <= s->capacity && s->bump <= s->capacity);
     if (s->used == s->capacity) partial_remove(c, s);

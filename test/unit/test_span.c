@@ -341,6 +341,28 @@ Test(span, an_overflowing_free_hands_on_the_whole_list) {
   cr_expect_eq(hm_heap_check(), 0);
 }
 
+/* Objects carved from a fresh span come out in ascending address order, one after the
+ * next, as a program that allocates a structure piece by piece then walks it would want. */
+static void *ascending_body(void *arg) {
+  char **p = arg;
+  for (int i = 0; i < 40; i++) p[i] = malloc(720);
+  return NULL;
+}
+
+Test(span, fresh_objects_are_handed_out_in_ascending_order) {
+  char *p[40];
+  pthread_t t;
+  pthread_create(&t, NULL, ascending_body, p);
+  pthread_join(t, NULL);
+  size_t size = hmi_class_size[hmi_size_class(720)];
+  /* the thread's first refills take 8 then 16 objects: each run is contiguous, ascending */
+  for (int i = 1; i < 24; i++)
+    if (i != 8)
+      cr_expect_eq(p[i], p[i - 1] + size, "object %d at %p, the one before at %p", i, (void *)p[i], (void *)p[i - 1]);
+  for (int i = 0; i < 40; i++) free(p[i]);
+  cr_expect_eq(hm_heap_check(), 0);
+}
+
 /* Frees every other 1000-byte object of ~20 spans in a thread that then exits, so the
  * spans hold their free slots on their free lists. */
 static void *half_free_body(void *arg) {
