@@ -158,25 +158,39 @@ uint32_t hmi_span_take(unsigned cls, uint32_t want, void **head) {
     /* Objects on span free lists were freed long ago, in any order: each link is a cache
      * miss, and a walk of one list meets them one after another.  Up to four spans' lists
      * (this one's and the next partial spans') are walked in turn, so four misses are in
-     * flight at once.  A lone list of another span waits: this span's bump comes first. */
+     * flight at once.  A lone list of another span waits: this span's bump comes first.
+     * What each walk takes is already a list (its links encoded as here): it is cut from
+     * its span with one store, and the runs are chained span after span.  Relinking each
+     * object instead, as this did, wrote every line again and handed the spans out
+     * interleaved, A B C D A B C D: fragment 0.92-0.95x and python3 0.98x this way (5-7
+     * interleaved runs), shuffle and larson unchanged. */
     hm_span_t *walk[4];
     unsigned k = 0;
     for (hm_span_t *t = s; t != NULL && k < 4; t = t->next)
       if (t->free_list != NULL) walk[k++] = t;
     if (k == 1 && walk[0] != s) k = 0;
+    void *cur[4], *last[4];
+    uint32_t got[4];
+    for (unsigned i = 0; i < k; i++) cur[i] = walk[i]->free_list, last[i] = NULL, got[i] = 0;
     for (bool more = true; n < want && more;) {
       more = false;
       for (unsigned i = 0; i < k && n < want; i++) {
-        hm_span_t *t = walk[i];
-        void *p = t->free_list;
-        if (p == NULL) continue;
-        t->free_list = hmi_next_checked(p);
-        *(void **)p = hmi_link(list, p);
-        list = p;
+        if (cur[i] == NULL) continue;
+        last[i] = cur[i];
+        cur[i] = hmi_next_checked(cur[i]);
+        got[i]++;
         n++;
-        t->used++;
         more = true;
       }
+    }
+    for (unsigned i = k; i-- > 0;) {
+      hm_span_t *t = walk[i];
+      if (got[i] == 0) continue;
+      void *first = t->free_list;
+      t->free_list = cur[i];
+      t->used += got[i];
+      *(void **)last[i] = hmi_link(list, last[i]);
+      list = first;
     }
     for (unsigned i = 0; i < k; i++)
       if (walk[i] != s && walk[i]->used == walk[i]->capacity) partial_remove(c, walk[i]);

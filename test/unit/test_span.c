@@ -386,9 +386,9 @@ Test(span, refill_takes_from_several_free_lists_at_once) {
   uint32_t n = hmi_span_take(cls, 16, &list);
   cr_assert_eq(n, 16);
   /* Every object is a distinct free object start of this class, and the batch came from
-   * four spans' lists walked in turn. */
-  hm_span_t *spans[16];
-  unsigned nspans = 0;
+   * four spans' lists walked in turn, handed out one span's objects after another's. */
+  hm_span_t *spans[16], *prev = NULL;
+  unsigned nspans = 0, changes = 0;
   void *seen[16];
   uint32_t got = 0;
   for (void *q = list; q != NULL; q = hmi_next_checked(q)) {
@@ -407,9 +407,12 @@ Test(span, refill_takes_from_several_free_lists_at_once) {
     unsigned j = 0;
     while (j < nspans && spans[j] != s) j++;
     if (j == nspans) spans[nspans++] = s;
+    if (prev != NULL && s != prev) changes++;
+    prev = s;
   }
   cr_assert_eq(got, 16);
   cr_assert_eq(nspans, 4, "taken from %u spans", nspans);
+  cr_expect_eq(changes, 3, "in runs, one per span (%u changes of span)", changes);
   hmi_span_give(cls, list, n);
   cr_assert_eq(hm_heap_check(), 0);
   for (int i = 1; i < 1300; i += 2) free(p[i]);
