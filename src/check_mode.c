@@ -160,7 +160,7 @@ void hmi_check_free(void *p, hm_pmentry_t e, const char *caller) {
     memset(p, HM_FREE_FILL, usable);
     *trailer(p, usable) = FREED_WORD(p);
     *(void **)p = hmi_link(NULL, p);
-    hmi_span_give(s->cls, p, 1);
+    hmi_span_give(s->cls, p, 1, 1);
   } else if (e & HM_PM_MEDIUM) {
     memset(p, HM_FREE_FILL, usable);
     quarantine_add(p, usable);

@@ -150,7 +150,9 @@ extern hm_central_t hmi_central[HM_CLASSES];
  * (0 only when the OS refuses memory).  *head receives the list. */
 uint32_t hmi_span_take(unsigned cls, uint32_t want, void **head);
 /* Give back a list of `n` objects of class cls. */
-void hmi_span_give(unsigned cls, void *head, uint32_t n);
+/* A list of n objects back to class cls: kept whole in the transfer cache if n <= xfer_max
+ * and a slot is free, else returned to the objects' spans. */
+void hmi_span_give(unsigned cls, void *head, uint32_t n, uint32_t xfer_max);
 int hmi_span_check(void);
 void hmi_span_release_empty(void);
 extern size_t hmi_span_chunk_bytes; /* atomic */

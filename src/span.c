@@ -255,10 +255,10 @@ static void give_to_spans(hm_central_t *c, unsigned cls, void *head, uint32_t n)
   }
 }
 
-void hmi_span_give(unsigned cls, void *head, uint32_t n) {
+void hmi_span_give(unsigned cls, void *head, uint32_t n, uint32_t xfer_max) {
   hm_central_t *c = &hmi_central[cls];
   hm_lock(&c->lock);
-  if (n > 1 && c->xfer_n < HM_XFER_SLOTS) {
+  if (n > 1 && n <= xfer_max && c->xfer_n < HM_XFER_SLOTS) {
     c->xfer_head[c->xfer_n] = head;
     c->xfer_count[c->xfer_n++] = n;
     HM_RACY_ADD(c->xfer_objects, (size_t)n);

@@ -307,37 +307,68 @@ Test(span, list_limits_grow_with_refills_and_shrink_with_overflows) {
   cr_assert_eq(hm_heap_check(), 0);
 }
 
-/* A free that takes a list over its limit hands the whole list on, in one batch: the list
- * is empty after it, and the batch (limit + 1 objects) waits in the class's transfer cache. */
-static void *overflow_body(void *arg) {
-  uint32_t *seen = arg;
+/* A free that takes a list over its limit hands the whole list on: the list is empty after
+ * it.  A long list (a thread that has refilled many times) goes back to its spans; a list of
+ * up to two batches (a thread that only frees, whose limit is one batch) waits whole in the
+ * class's transfer cache for the next refill. */
+static uint32_t overflow_seen[11];
+static int overflow_next; /* the first object the consumer frees */
+
+static void *overflow_producer(void *arg) {
+  (void)arg;
+  uint32_t *seen = overflow_seen;
   hm_tcache_t *tc = &hmi_tcache;
   unsigned cls = hmi_size_class(ADAPT_SIZE);
+  hm_central_t *c = &hmi_central[cls];
   for (int i = 0; i < ADAPT_N; i++) adapt_objects[i] = malloc(ADAPT_SIZE);
   uint32_t limit = tc->limit[cls];
   int i = 0;
   while (i < ADAPT_N && hm_bin_count(tc, cls) < limit) free(adapt_objects[i++]);
   seen[0] = limit;
   seen[1] = hm_bin_count(tc, cls);
-  seen[2] = hmi_central[cls].xfer_n;
+  seen[2] = c->xfer_n;
+  seen[5] = (uint32_t)c->xfer_objects;
   free(adapt_objects[i++]); /* one over the limit */
   seen[3] = hm_bin_count(tc, cls);
-  seen[4] = hmi_central[cls].xfer_n;
-  seen[5] = seen[4] > 0 ? hmi_central[cls].xfer_count[seen[4] - 1] : 0;
+  seen[4] = c->xfer_n;
+  seen[6] = (uint32_t)c->xfer_objects;
+  overflow_next = i;
+  return NULL;
+}
+
+static void *overflow_consumer(void *arg) {
+  (void)arg;
+  uint32_t *seen = overflow_seen;
+  hm_tcache_t *tc = &hmi_tcache;
+  unsigned cls = hmi_size_class(ADAPT_SIZE);
+  hm_central_t *c = &hmi_central[cls];
+  int i = overflow_next;
+  free(adapt_objects[i++]); /* set-up (this one goes straight back to its span) */
+  seen[7] = tc->limit[cls];
+  while (i < ADAPT_N && hm_bin_count(tc, cls) < tc->limit[cls]) free(adapt_objects[i++]);
+  seen[8] = c->xfer_n;
+  free(adapt_objects[i++]); /* one over the limit */
+  seen[9] = c->xfer_n;
+  seen[10] = seen[9] > 0 ? c->xfer_count[seen[9] - 1] : 0;
   while (i < ADAPT_N) free(adapt_objects[i++]);
   return NULL;
 }
 
 Test(span, an_overflowing_free_hands_on_the_whole_list) {
-  uint32_t seen[6];
+  const uint32_t *seen = overflow_seen;
   pthread_t t;
-  pthread_create(&t, NULL, overflow_body, seen);
+  pthread_create(&t, NULL, overflow_producer, NULL);
   pthread_join(t, NULL);
-  cr_assert_gt(seen[0], 0);
+  pthread_create(&t, NULL, overflow_consumer, NULL);
+  pthread_join(t, NULL);
+  uint32_t batch = seen[7]; /* a thread that only frees holds one batch (tested above) */
+  cr_assert_gt(seen[0], 2 * batch, "refills grew the producer's limit to %u", seen[0]);
   cr_assert_eq(seen[1], seen[0], "the list fills up to its limit");
   cr_expect_eq(seen[3], 0, "the overflowing free empties the list (%u left)", seen[3]);
-  cr_expect_eq(seen[4], seen[2] + 1, "into one transfer batch");
-  cr_expect_eq(seen[5], seen[0] + 1, "of limit + 1 objects");
+  cr_expect_eq(seen[4], seen[2], "a long list does not go to the transfer cache");
+  cr_expect_eq(seen[6], seen[5]);
+  cr_expect_eq(seen[9], seen[8] + 1, "a list of one batch waits in the transfer cache");
+  cr_expect_eq(seen[10], batch + 1, "whole: limit + 1 objects, not %u", seen[10]);
   cr_expect_eq(hm_heap_check(), 0);
 }
 
@@ -413,7 +444,7 @@ Test(span, refill_takes_from_several_free_lists_at_once) {
   cr_assert_eq(got, 16);
   cr_assert_eq(nspans, 4, "taken from %u spans", nspans);
   cr_expect_eq(changes, 3, "in runs, one per span (%u changes of span)", changes);
-  hmi_span_give(cls, list, n);
+  hmi_span_give(cls, list, n, n);
   cr_assert_eq(hm_heap_check(), 0);
   for (int i = 1; i < 1300; i += 2) free(p[i]);
   cr_assert_eq(hm_heap_check(), 0);
