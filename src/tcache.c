@@ -308,8 +308,8 @@ void hmi_tcache_free_slow(void *p, unsigned cls) {
    * is 64 KiB), and one batch where there were two.  Measured against keeping half:
    * batch_lifo/256x1000 14.8 -> 8.3 us, batch_fifo/256x1000 15.2 -> 8.4, batch_random
    * 15.8 -> 11.0, xthread_free/64 30 -> 21 us; xmalloc-t64 0.91x (7 interleaved runs),
-   * fragment 0.97x, python3 0.98x (5 runs); peak RSS the same except xmalloc-t64, 27 -> 28 MB
-   * (its transfer batches are twice as big). */
+   * fragment 0.97x, python3 0.98x (5 runs); peak RSS the same except xmalloc-t64, 27 -> 28
+   * MB (with the bound on transfer batches below as well). */
   flush(tc, cls, hm_bin_count(tc, cls));
   enforce_cap(tc);
 }
