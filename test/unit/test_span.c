@@ -311,64 +311,66 @@ Test(span, list_limits_grow_with_refills_and_shrink_with_overflows) {
  * it.  A long list (a thread that has refilled many times) goes back to its spans; a list of
  * up to two batches (a thread that only frees, whose limit is one batch) waits whole in the
  * class's transfer cache for the next refill. */
-static uint32_t overflow_seen[11];
-static int overflow_next; /* the first object the consumer frees */
+struct overflow_seen {
+  uint32_t limit, count_at_limit, count_after;   /* the thread's list of ADAPT_SIZE */
+  uint32_t xfer_n_before, xfer_n_after, last_batch; /* the class's transfer cache */
+  size_t xfer_objects_before, xfer_objects_after;
+};
+static struct overflow_seen overflow_by_producer, overflow_by_consumer;
+static int overflow_next; /* the next object of adapt_objects to free */
 
-static void *overflow_producer(void *arg) {
-  (void)arg;
-  uint32_t *seen = overflow_seen;
+/* Free objects until the calling thread's list is at its limit, then one more. */
+static void overflow_once(struct overflow_seen *seen) {
   hm_tcache_t *tc = &hmi_tcache;
   unsigned cls = hmi_size_class(ADAPT_SIZE);
   hm_central_t *c = &hmi_central[cls];
-  for (int i = 0; i < ADAPT_N; i++) adapt_objects[i] = malloc(ADAPT_SIZE);
-  uint32_t limit = tc->limit[cls];
-  int i = 0;
-  while (i < ADAPT_N && hm_bin_count(tc, cls) < limit) free(adapt_objects[i++]);
-  seen[0] = limit;
-  seen[1] = hm_bin_count(tc, cls);
-  seen[2] = c->xfer_n;
-  seen[5] = (uint32_t)c->xfer_objects;
+  int i = overflow_next;
+  while (i < ADAPT_N && hm_bin_count(tc, cls) < tc->limit[cls]) free(adapt_objects[i++]);
+  seen->limit = tc->limit[cls];
+  seen->count_at_limit = hm_bin_count(tc, cls);
+  seen->xfer_n_before = c->xfer_n;
+  seen->xfer_objects_before = c->xfer_objects;
   free(adapt_objects[i++]); /* one over the limit */
-  seen[3] = hm_bin_count(tc, cls);
-  seen[4] = c->xfer_n;
-  seen[6] = (uint32_t)c->xfer_objects;
+  seen->count_after = hm_bin_count(tc, cls);
+  seen->xfer_n_after = c->xfer_n;
+  seen->xfer_objects_after = c->xfer_objects;
+  seen->last_batch = c->xfer_n > 0 ? c->xfer_count[c->xfer_n - 1] : 0;
   overflow_next = i;
+}
+
+static void *overflow_producer(void *arg) {
+  (void)arg;
+  for (int i = 0; i < ADAPT_N; i++) adapt_objects[i] = malloc(ADAPT_SIZE);
+  overflow_next = 0;
+  overflow_once(&overflow_by_producer);
   return NULL;
 }
 
 static void *overflow_consumer(void *arg) {
   (void)arg;
-  uint32_t *seen = overflow_seen;
-  hm_tcache_t *tc = &hmi_tcache;
-  unsigned cls = hmi_size_class(ADAPT_SIZE);
-  hm_central_t *c = &hmi_central[cls];
-  int i = overflow_next;
-  free(adapt_objects[i++]); /* set-up (this one goes straight back to its span) */
-  seen[7] = tc->limit[cls];
-  while (i < ADAPT_N && hm_bin_count(tc, cls) < tc->limit[cls]) free(adapt_objects[i++]);
-  seen[8] = c->xfer_n;
-  free(adapt_objects[i++]); /* one over the limit */
-  seen[9] = c->xfer_n;
-  seen[10] = seen[9] > 0 ? c->xfer_count[seen[9] - 1] : 0;
-  while (i < ADAPT_N) free(adapt_objects[i++]);
+  free(adapt_objects[overflow_next++]); /* set-up (this one goes straight back to its span) */
+  overflow_once(&overflow_by_consumer);
+  while (overflow_next < ADAPT_N) free(adapt_objects[overflow_next++]);
   return NULL;
 }
 
 Test(span, an_overflowing_free_hands_on_the_whole_list) {
-  const uint32_t *seen = overflow_seen;
   pthread_t t;
   pthread_create(&t, NULL, overflow_producer, NULL);
   pthread_join(t, NULL);
   pthread_create(&t, NULL, overflow_consumer, NULL);
   pthread_join(t, NULL);
-  uint32_t batch = seen[7]; /* a thread that only frees holds one batch (tested above) */
-  cr_assert_gt(seen[0], 2 * batch, "refills grew the producer's limit to %u", seen[0]);
-  cr_assert_eq(seen[1], seen[0], "the list fills up to its limit");
-  cr_expect_eq(seen[3], 0, "the overflowing free empties the list (%u left)", seen[3]);
-  cr_expect_eq(seen[4], seen[2], "a long list does not go to the transfer cache");
-  cr_expect_eq(seen[6], seen[5]);
-  cr_expect_eq(seen[9], seen[8] + 1, "a list of one batch waits in the transfer cache");
-  cr_expect_eq(seen[10], batch + 1, "whole: limit + 1 objects, not %u", seen[10]);
+  const struct overflow_seen *p = &overflow_by_producer, *c = &overflow_by_consumer;
+  uint32_t batch = c->limit; /* a thread that only frees holds one batch (tested above) */
+  cr_assert_gt(p->limit, 2 * batch, "refills grew the producer's limit to %u", p->limit);
+  cr_assert_eq(p->count_at_limit, p->limit, "the list fills up to its limit");
+  cr_expect_eq(p->count_after, 0, "the overflowing free empties the list (%u left)", p->count_after);
+  cr_expect_eq(p->xfer_n_after, p->xfer_n_before, "a long list does not go to the transfer cache");
+  cr_expect_eq(p->xfer_objects_after, p->xfer_objects_before);
+  cr_assert_eq(c->count_at_limit, batch);
+  cr_expect_eq(c->count_after, 0);
+  cr_expect_eq(c->xfer_n_after, c->xfer_n_before + 1, "a list of one batch waits in the transfer cache");
+  cr_expect_eq(c->last_batch, batch + 1, "whole: limit + 1 objects, not %u", c->last_batch);
   cr_expect_eq(hm_heap_check(), 0);
 }
 
