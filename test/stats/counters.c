@@ -94,7 +94,8 @@ Test(stats, peaks) {
   cr_assert_eq(a.peak_allocated, a.allocated);
   cr_assert_eq(a.peak_mapped, a.mapped);
   /* taken from the OS and given back with no reading in between: the peak still saw it */
-  void *p = malloc(opaque(40 << 20)); /* above what the large tier keeps for reuse */
+  void *p = malloc(opaque(160 << 20)); /* above what the large tier keeps for reuse (half of
+                                        * its most, 256 MiB) */
   size_t usable = malloc_usable_size(p);
   free(p);
   hm_stats_t b = now();
