@@ -50,6 +50,7 @@ void *hmi_alloc_big(size_t size) {
     p = hmi_arena_alloc(hmi_arena_pick(), hmi_mclass_size(hmi_mclass(size)), HM_ALIGN);
   if (p == NULL) goto fail;
   HM_RACY_ADD(hmi_tcache.stats.malloc_count, 1);
+  if ((hmi_tcache.stats.malloc_count & 1023) == 0) hmi_large_idle_tick();
   if (HM_UNLIKELY(hmi_hooks_on)) hmi_hook_alloc(p, size);
   hmi_tcache_settle();
   return p;

@@ -10,6 +10,7 @@
  * Counters are under hmi_large_lock, which is never held across a system call. */
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 
 #include "internal.h"
 #include "vg.h"
@@ -281,6 +282,32 @@ static uintptr_t cache_take(size_t need, size_t *got, hm_vmas_t *vmas, uint64_t 
   return block;
 }
 
+/* ---- idle release ----
+ * Kept mappings serve a program that goes on allocating large blocks.  One whose big phase
+ * is over must not keep up to CACHE_BYTES resident for the rest of its life, and the bound
+ * above only decays at large frees: so when no large block has been allocated or freed for
+ * IDLE_NS, the next tick (hmi_large_idle_tick, from the other tiers' slow paths) unmaps
+ * every kept mapping, as malloc_trim would.  The coarse clock is read from the vDSO (no
+ * system call, no allocation). */
+#define IDLE_NS ((uint64_t)1000000000)
+static uint64_t last_activity; /* coarse_ns() of the last large malloc or free */
+
+static uint64_t coarse_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void note_activity(void) {
+  __atomic_store_n(&last_activity, coarse_ns(), __ATOMIC_RELAXED);
+}
+
+void hmi_large_idle_tick(void) {
+  if (__atomic_load_n(&hmi_large_cached_bytes, __ATOMIC_RELAXED) == 0) return;
+  if (coarse_ns() - __atomic_load_n(&last_activity, __ATOMIC_RELAXED) >= IDLE_NS)
+    hmi_large_cache_flush();
+}
+
 /* malloc_trim: unmap every cached mapping, and forget the peak the cache was bounded by
  * (the program says it is done with it).  Returns true if there was any. */
 bool hmi_large_cache_flush(void) {
@@ -321,6 +348,7 @@ static void *large_alloc(size_t size, size_t align, bool guard, bool kept_only) 
   bool recycled = false;
   hm_vmas_t vmas = {0};
   uint64_t serial = __atomic_add_fetch(&serials, 1, __ATOMIC_RELAXED);
+  note_activity();
   if (!guard && !extra) {
     size_t got;
     map = cache_take(map_size, &got, &vmas, serial, !kept_only);
@@ -380,6 +408,7 @@ void hmi_large_free(hm_large_t *h) {
   h->check = 0; /* a stale copy of the pointer no longer validates */
   hmi_pagemap_set(hm_page_floor((uintptr_t)h + HM_LARGE_HEADER), 1, HM_PM_FREED_LARGE);
   hm_vmas_t vmas = h->vmas;
+  note_activity();
   if (!keep || !cache_put(map, map_size, &vmas, map_size, 0)) large_munmap((void *)map, map_size);
 }
 

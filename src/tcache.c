@@ -251,6 +251,7 @@ void *hmi_tcache_alloc_slow(unsigned cls) {
   if (n == 0) return NULL;
   HM_RACY_ADD(tc->stats.refills, 1);
   HM_RACY_ADD(tc->stats.class_refill[cls], 1);
+  if ((tc->stats.refills & 255) == 0) hmi_large_idle_tick();
   void *p = list;
   tc->head[cls] = hmi_next_checked(p);
   ((uintptr_t *)p)[1] = 0;

@@ -3,6 +3,7 @@
 #include <criterion/criterion.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 
 #include <malloc.h>
 #include <stdlib.h>
@@ -417,4 +418,36 @@ Test(large, big_growth_moves_into_a_kept_mapping) {
   for (size_t i = 0; i < 300 * KiB; i += 4096) cr_assert_eq(q[i], 2, "byte %zu lost", i);
   cr_expect_eq(hm_heap_check(), 0);
   free(q);
+}
+
+/* At least 256 refills of this thread's cache: 40,000 16-byte blocks taken, then freed. */
+static void small_refills(void) {
+  enum { N = 40000 };
+  static void *q[N];
+  for (int i = 0; i < N; i++) cr_assert_not_null(q[i] = malloc(16));
+  for (int i = 0; i < N; i++) free(q[i]);
+}
+
+/* A program whose large blocks are gone and that makes no large call for a second gets its
+ * kept mappings unmapped: its other allocations notice the idle time (the bound on kept
+ * bytes only moves at large frees).  While large calls are recent, they stay. */
+Test(large, kept_mappings_are_unmapped_after_a_second_without_large_calls) {
+  hmi_ensure_init();
+  malloc_trim(0);
+  const size_t MiB = 1 << 20;
+  char *p = malloc(4 * MiB);
+  cr_assert_not_null(p);
+  memset(p, 1, 4 * MiB);
+  free(p);
+  cr_assert_geq(hmi_large_cached_bytes, 4 * MiB);
+  small_refills();
+  cr_expect_geq(hmi_large_cached_bytes, 4 * MiB, "kept while the last large call is recent");
+  cr_expect(mapped(p));
+  struct timespec pause = {1, 100 * 1000 * 1000};
+  nanosleep(&pause, NULL);
+  small_refills();
+  cr_expect_eq(hmi_large_cached_bytes, 0, "%zu bytes still kept after 1.1 s without a large call",
+               hmi_large_cached_bytes);
+  cr_expect_not(mapped(p), "the kept mapping was unmapped");
+  cr_expect_eq(hm_heap_check(), 0);
 }
