@@ -298,15 +298,21 @@ Test(large, assembled_blocks_stay_within_their_vma_bound) {
   for (int i = 0; i < LIVE; i++) free(p[i]);
 }
 
+/* With no kept mapping (malloc_trim), a block of n bytes whose every page is touched. */
+static char *touched_after_trim(size_t n, int byte) {
+  hmi_ensure_init();
+  malloc_trim(0);
+  char *p = malloc(n);
+  cr_assert_not_null(p);
+  memset(p, byte, n);
+  return p;
+}
+
 /* realloc shrinking a large block keeps the cut-off tail resident, with no system call, and
  * growing it again takes the tail back in place: same address, no mremap, no page faults. */
 Test(large, shrink_keeps_the_tail_and_regrowth_takes_it_back) {
-  hmi_ensure_init();
-  malloc_trim(0);
   const size_t MiB = 1 << 20;
-  char *p = malloc(4 * MiB);
-  cr_assert_not_null(p);
-  memset(p, 7, 4 * MiB);
+  char *p = touched_after_trim(4 * MiB, 7);
   uint64_t mremaps = hmi_os_mremap_calls, munmaps = hmi_os_munmap_calls;
   char *q = realloc(p, MiB);
   cr_assert_eq(q, p, "shrinking stays in place");
@@ -432,12 +438,8 @@ static void small_refills(void) {
  * kept mappings unmapped: its other allocations notice the idle time (the bound on kept
  * bytes only moves at large frees).  While large calls are recent, they stay. */
 Test(large, kept_mappings_are_unmapped_after_a_second_without_large_calls) {
-  hmi_ensure_init();
-  malloc_trim(0);
   const size_t MiB = 1 << 20;
-  char *p = malloc(4 * MiB);
-  cr_assert_not_null(p);
-  memset(p, 1, 4 * MiB);
+  char *p = touched_after_trim(4 * MiB, 1);
   free(p);
   cr_assert_geq(hmi_large_cached_bytes, 4 * MiB);
   small_refills();
