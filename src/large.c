@@ -285,8 +285,8 @@ static uintptr_t cache_take(size_t need, size_t *got, hm_vmas_t *vmas, uint64_t 
 /* ---- idle release ----
  * Kept mappings serve a program that goes on allocating large blocks.  One whose big phase
  * is over must not keep up to CACHE_BYTES resident for the rest of its life, and the bound
- * above only decays at large frees: so when no large block has been allocated or freed for
- * IDLE_NS, the next tick (hmi_large_idle_tick, from the other tiers' slow paths) unmaps
+ * above only decays at large frees: so when no large block has been allocated, resized or
+ * freed for IDLE_NS, the next tick (hmi_large_idle_tick, from the other tiers' slow paths) unmaps
  * every kept mapping, as malloc_trim would.  The coarse clock is read from the vDSO (no
  * system call, no allocation). */
 #define IDLE_NS ((uint64_t)1000000000)
@@ -488,6 +488,7 @@ static bool take_back_tail(hm_large_t *h, size_t new_size) {
 void *hmi_large_realloc(hm_large_t *h, size_t size) {
   if (h->map != (uintptr_t)h || h->guard || size > PTRDIFF_MAX - HM_LARGE_HEADER - HM_PAGE)
     return NULL;
+  note_activity();
   size_t old_size = h->map_size;
   size_t usable = hmi_large_usable(h);
   /* A block that shrinks by less than half stays as it is; one that grows gets a quarter more
