@@ -232,8 +232,10 @@ typedef struct hm_large_s {
   size_t map_size;     /* bytes mapped */
   uintptr_t check;     /* address of this header ^ map_size ^ hmi_secret */
   struct hm_large_s *next, *prev; /* every live large block, under hmi_large_lock */
-  size_t guard;        /* bytes of PROT_NONE guard at the end of the mapping (HMALLOC_CHECK) */
-  size_t recycled;     /* the mapping came from the cache of freed ones: not zero-filled */
+  uint32_t guard;      /* bytes of PROT_NONE guard at the end of the mapping (HMALLOC_CHECK) */
+  uint32_t recycled;   /* the mapping came from the cache of freed ones: not zero-filled */
+  size_t spare;        /* bytes at the end of the mapping beyond the block: the rest of a kept
+                        * mapping handed out whole (large.c); resident, not usable */
   hm_vmas_t vmas;      /* the kernel mappings (VMAs) it is made of (large.c) */
   uint64_t serial;     /* unique to this block (large.c: its kept tail knows it by this) */
 } hm_large_t;

@@ -453,3 +453,33 @@ Test(large, kept_mappings_are_unmapped_after_a_second_without_large_calls) {
   cr_expect_not(mapped(p), "the kept mapping was unmapped");
   cr_expect_eq(hm_heap_check(), 0);
 }
+
+/* A kept mapping up to twice the request is handed out whole (the rest is the block's spare,
+ * not usable and not kept apart), and the block grows into its spare in place with no system
+ * call; one of more than twice the request is still split and its tail kept. */
+Test(large, kept_mapping_up_to_twice_the_request_is_handed_out_whole) {
+  const size_t MiB = 1 << 20;
+  char *p = touched_after_trim(4 * MiB, 3);
+  free(p);
+  cr_assert_geq(hmi_large_cached_bytes, 4 * MiB);
+  uint64_t maps = hmi_os_mmap_calls, remaps = hmi_os_mremap_calls, unmaps = hmi_os_munmap_calls;
+  char *q = malloc(5 * MiB / 2);
+  cr_assert_eq(q, p, "the kept mapping was reused");
+  cr_expect_eq(hmi_large_cached_bytes, 0, "%zu bytes split off and kept", hmi_large_cached_bytes);
+  cr_expect_leq(malloc_usable_size(q), 5 * MiB / 2 + HM_PAGE, "usable %zu", malloc_usable_size(q));
+  char *r = realloc(q, 7 * MiB / 2);
+  cr_assert_eq(r, q, "grown into its spare in place");
+  cr_expect_geq(malloc_usable_size(r), 7 * MiB / 2);
+  memset(r, 4, 7 * MiB / 2);
+  cr_expect_eq(hmi_os_mmap_calls, maps);
+  cr_expect_eq(hmi_os_mremap_calls, remaps);
+  cr_expect_eq(hmi_os_munmap_calls, unmaps);
+  cr_expect_eq(hm_heap_check(), 0);
+  free(r);
+  cr_expect_geq(hmi_large_cached_bytes, 4 * MiB, "the whole mapping is kept again");
+  char *s = malloc(MiB + MiB / 2); /* less than half of it: split */
+  cr_assert_eq(s, p);
+  cr_expect_geq(hmi_large_cached_bytes, 2 * MiB, "the tail was kept apart");
+  cr_expect_eq(hm_heap_check(), 0);
+  free(s);
+}
