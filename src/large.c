@@ -504,6 +504,8 @@ void *hmi_large_realloc(hm_large_t *h, size_t size) {
   note_activity();
   if (h->spare != 0) {
     size_t usable = hmi_large_usable(h);
+    /* a small shrink stays as it is (as below), the spare too */
+    if (size <= usable && size >= usable / 2) return (void *)((uintptr_t)h + HM_LARGE_HEADER);
     unlink_live(h);
     if (size > usable && size <= usable + h->spare) { /* into the spare: no system call */
       h->spare = h->map + h->map_size - hm_align_up((uintptr_t)h + HM_LARGE_HEADER + size, HM_PAGE);

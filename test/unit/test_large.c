@@ -467,6 +467,9 @@ Test(large, kept_mapping_up_to_twice_the_request_is_handed_out_whole) {
   cr_assert_eq(q, p, "the kept mapping was reused");
   cr_expect_eq(hmi_large_cached_bytes, 0, "%zu bytes split off and kept", hmi_large_cached_bytes);
   cr_expect_leq(malloc_usable_size(q), 5 * MiB / 2 + HM_PAGE, "usable %zu", malloc_usable_size(q));
+  char *q2 = realloc(q, 12 * MiB / 5); /* a small shrink: in place, the spare still apart */
+  cr_assert_eq(q2, q);
+  cr_expect_leq(malloc_usable_size(q), 5 * MiB / 2 + HM_PAGE, "usable %zu", malloc_usable_size(q));
   char *r = realloc(q, 7 * MiB / 2);
   cr_assert_eq(r, q, "grown into its spare in place");
   cr_expect_geq(malloc_usable_size(r), 7 * MiB / 2);
