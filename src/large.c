@@ -300,7 +300,7 @@ static uintptr_t cache_take(size_t need, size_t *got, hm_vmas_t *vmas, uint64_t 
  * every kept mapping, as malloc_trim would.  The coarse clock is read from the vDSO (no
  * system call, no allocation). */
 #define IDLE_NS ((uint64_t)1000000000)
-static uint64_t last_activity; /* coarse_ns() of the last large malloc or free */
+static uint64_t last_activity; /* coarse_ns() of the last large malloc, resize or free */
 
 static uint64_t coarse_ns(void) {
   struct timespec ts;
