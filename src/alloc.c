@@ -61,6 +61,8 @@ fail:
 
 void hmi_free_slow(void *p, hm_pmentry_t e, const char *caller) {
   if (p == NULL) return;
+  /* e came from hmi_pagemap_get_wrapped: above the map's range it is another page's. */
+  if (HM_UNLIKELY((uintptr_t)p >> HM_PM_ADDR_BITS)) e = 0;
   if (e & HM_PM_SMALL) hmi_invalid_pointer(caller, p); /* inside a span, not an object start */
   int saved = errno; /* munmap, madvise and brk may set it; free must not */
   if (HM_UNLIKELY(hmi_check_mode)) {
@@ -101,8 +103,8 @@ size_t hmi_usable(void *p, const char *caller) {
     return hmi_check_usable(p, e, caller);
   }
   if (e & HM_PM_SMALL) {
-    const hm_span_t *s = HM_PM_PTR(e);
-    unsigned cls = HM_PM_CLASS(e);
+    const hm_span_t *s = HM_PM_SPAN(e);
+    unsigned cls = s->cls;
     uint32_t off = (uint32_t)((uintptr_t)p - s->start);
     if (hmi_class_index(off, cls) >= __atomic_load_n(&s->bump, __ATOMIC_RELAXED))
       hmi_invalid_pointer(caller, p);
@@ -226,7 +228,7 @@ static void *realloc_impl(void *p, size_t size) {
   if (HM_UNLIKELY(hmi_check_mode)) return realloc_move(p, usable, size);
   if (e & HM_PM_SMALL) {
     /* Same class: nothing to do.  Another class: move (a shrink then frees memory). */
-    if (size <= HM_SMALL_MAX && hmi_size_class(size) == HM_PM_CLASS(e)) {
+    if (size <= HM_SMALL_MAX && hmi_size_class(size) == HM_PM_SPAN(e)->cls) {
       HM_VG_RESIZED(p, p, usable, size);
       return p;
     }

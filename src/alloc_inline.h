@@ -50,11 +50,14 @@ static inline __attribute__((always_inline)) void *hm_alloc_raw(size_t size) {
 static inline __attribute__((always_inline)) void hm_free_raw(void *p, const char *caller) {
   /* free(NULL) needs no test here: page 0 is never hmalloc's, so its entry is 0 and NULL
    * goes to the slow path, which returns at once. */
-  hm_pmentry_t e = hmi_pagemap_get((uintptr_t)p);
+  hm_pmentry_t e = hmi_pagemap_get_wrapped((uintptr_t)p);
   if (HM_LIKELY(e & HM_PM_SMALL)) {
-    const hm_span_t *s = HM_PM_PTR(e);
-    uint32_t x = (uint32_t)((uintptr_t)p - s->start) * s->minv; /* see hmi_class_index */
-    uint32_t idx = (x >> s->shift) | (x << ((32u - s->shift) & 31u));
+    const hm_span_t *s = HM_PM_SPAN(e);
+    /* hmi_class_index in 64 bits: an offset that is a multiple of the class size gives its
+     * object index; any other offset, including that of an address 2^47 or more away
+     * (hmi_pagemap_get_wrapped), gives something far above any span's bump. */
+    uint64_t x = ((uintptr_t)p - s->start) * s->minv;
+    uint64_t idx = (x >> s->shift) | (x << ((64u - s->shift) & 63u));
     /* An object start that the span has handed out at least once. */
     if (HM_LIKELY(idx < __atomic_load_n(&s->bump, __ATOMIC_RELAXED))) {
       unsigned cls = s->cls;

@@ -70,19 +70,31 @@ static inline hm_pmentry_t hmi_pagemap_get(uintptr_t addr) {
   if (HM_UNLIKELY(leaf == NULL)) return 0;
   return __atomic_load_n(&leaf[page & (((uintptr_t)1 << HM_PM_LEAF_BITS) - 1)], __ATOMIC_RELAXED);
 }
+/* The same without the range test, for free's fast path: an address at or above 2^47 gets
+ * the entry of the address 2^47 (or a multiple) below it, so the caller must refuse such an
+ * address by a test on all its bits before trusting the entry (hm_free_raw's 64-bit object
+ * test does), and hand hmi_free_slow nothing it has not checked (hmi_free_slow re-reads). */
+#define HM_PM_ADDR_BITS (HM_PAGE_SHIFT + HM_PM_LEAF_BITS + HM_PM_ROOT_BITS)
+static inline hm_pmentry_t hmi_pagemap_get_wrapped(uintptr_t addr) {
+  uintptr_t page = addr >> HM_PAGE_SHIFT;
+  uintptr_t hi = (page >> HM_PM_LEAF_BITS) & (((uintptr_t)1 << HM_PM_ROOT_BITS) - 1);
+  hm_pmentry_t *leaf = __atomic_load_n(&hmi_pagemap_root[hi], __ATOMIC_ACQUIRE);
+  if (HM_UNLIKELY(leaf == NULL)) return 0;
+  return __atomic_load_n(&leaf[page & (((uintptr_t)1 << HM_PM_LEAF_BITS) - 1)], __ATOMIC_RELAXED);
+}
 /* Set `pages` entries from addr; returns false if a leaf could not be mapped. */
 bool hmi_pagemap_set(uintptr_t addr, size_t pages, hm_pmentry_t value);
 
 /* ---- size_class.c ---- */
 extern const uint32_t hmi_class_size[HM_CLASSES];
 extern const uint8_t hmi_class_of[(HM_SMALL_MAX >> 4) + 1]; /* (size+15)>>4 -> class */
-extern const uint32_t hmi_class_minv[HM_CLASSES];
+extern const uint64_t hmi_class_minv[HM_CLASSES];
 extern const uint8_t hmi_class_shift[HM_CLASSES];
 static inline unsigned hmi_size_class(size_t size) { return hmi_class_of[(size + 15) >> 4]; }
 /* offset / size when offset is a multiple of the class size; something above any span's
  * capacity otherwise (see size_class.c). */
 static inline uint32_t hmi_class_index(uint32_t offset, unsigned cls) {
-  uint32_t x = offset * hmi_class_minv[cls];
+  uint32_t x = offset * (uint32_t)hmi_class_minv[cls];
   unsigned k = hmi_class_shift[cls];
   return (x >> k) | (x << ((32u - k) & 31u));
 }

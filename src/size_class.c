@@ -10,7 +10,9 @@
  * inverse of d modulo 2^32.  For an offset that is a multiple of size, (offset * minv) rotated
  * right by k is exactly offset / size; for any other offset below 2^32 it is larger than
  * 2^32 / size, which is above every span's capacity.  One multiply and one rotate both divide
- * and tell an object start from an interior pointer (hmi_class_index in internal.h). */
+ * and tell an object start from an interior pointer (hmi_class_index in internal.h).  The
+ * same holds with 64-bit words, which free's fast path uses so that an offset that is not
+ * below 2^32 also fails the test (hm_free_raw). */
 #include "internal.h"
 
 const uint32_t hmi_class_size[HM_CLASSES] = {
@@ -37,16 +39,25 @@ const uint8_t hmi_class_of[(HM_SMALL_MAX >> 4) + 1] = {
   46, 47, 47, 47, 47, 47, 47, 47, 47, 47, 47, 47, 47, 47, 47, 47, 47,
 };
 
-/* odd part of each class size, inverted modulo 2^32 */
-const uint32_t hmi_class_minv[HM_CLASSES] = {
-  1, 1, 2863311531, 1, 3435973837, 2863311531,
-  3067833783, 1, 954437177, 3435973837, 3123612579, 2863311531,
-  3303820997, 3067833783, 4008636143, 1, 954437177, 3435973837,
-  3123612579, 2863311531, 3303820997, 3067833783, 4008636143, 1,
-  954437177, 3435973837, 3123612579, 2863311531, 3303820997, 3067833783,
-  4008636143, 1, 954437177, 3435973837, 3123612579, 2863311531,
-  3303820997, 3067833783, 4008636143, 1, 954437177, 3435973837,
-  3123612579, 2863311531, 3303820997, 3067833783, 4008636143, 1,
+/* odd part of each class size, inverted modulo 2^64 (its low half is the inverse modulo
+ * 2^32) */
+const uint64_t hmi_class_minv[HM_CLASSES] = {
+  0x0000000000000001u, 0x0000000000000001u, 0xaaaaaaaaaaaaaaabu,
+  0x0000000000000001u, 0xcccccccccccccccdu, 0xaaaaaaaaaaaaaaabu,
+  0x6db6db6db6db6db7u, 0x0000000000000001u, 0x8e38e38e38e38e39u,
+  0xcccccccccccccccdu, 0x2e8ba2e8ba2e8ba3u, 0xaaaaaaaaaaaaaaabu,
+  0x4ec4ec4ec4ec4ec5u, 0x6db6db6db6db6db7u, 0xeeeeeeeeeeeeeeefu,
+  0x0000000000000001u, 0x8e38e38e38e38e39u, 0xcccccccccccccccdu,
+  0x2e8ba2e8ba2e8ba3u, 0xaaaaaaaaaaaaaaabu, 0x4ec4ec4ec4ec4ec5u,
+  0x6db6db6db6db6db7u, 0xeeeeeeeeeeeeeeefu, 0x0000000000000001u,
+  0x8e38e38e38e38e39u, 0xcccccccccccccccdu, 0x2e8ba2e8ba2e8ba3u,
+  0xaaaaaaaaaaaaaaabu, 0x4ec4ec4ec4ec4ec5u, 0x6db6db6db6db6db7u,
+  0xeeeeeeeeeeeeeeefu, 0x0000000000000001u, 0x8e38e38e38e38e39u,
+  0xcccccccccccccccdu, 0x2e8ba2e8ba2e8ba3u, 0xaaaaaaaaaaaaaaabu,
+  0x4ec4ec4ec4ec4ec5u, 0x6db6db6db6db6db7u, 0xeeeeeeeeeeeeeeefu,
+  0x0000000000000001u, 0x8e38e38e38e38e39u, 0xcccccccccccccccdu,
+  0x2e8ba2e8ba2e8ba3u, 0xaaaaaaaaaaaaaaabu, 0x4ec4ec4ec4ec4ec5u,
+  0x6db6db6db6db6db7u, 0xeeeeeeeeeeeeeeefu, 0x0000000000000001u,
 };
 
 /* power of two in each class size */

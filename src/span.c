@@ -109,7 +109,7 @@ static hm_span_t *span_make(unsigned cls) {
   /* The pages were mapped (their leaf exists) as the segment's: this cannot fail. */
   hmi_pagemap_set(s->start, HM_SPAN_PAGES,
                   hmi_check_mode ? (uintptr_t)s | HM_PM_CHECKED
-                                 : (uintptr_t)s | ((uintptr_t)cls << 1) | HM_PM_SMALL);
+                                 : (uintptr_t)s | HM_PM_SMALL);
   hm_central_t *c = &hmi_central[cls];
   HM_RACY_ADD(c->span_count, 1);
   HM_RACY_ADD(c->free_slots, s->capacity);

@@ -51,7 +51,9 @@
 
 /* ---- page map entries -------------------------------------------------------------------
  * 0                        not hmalloc's page
- * span | cls << 1 | 1      a page of a small span (span descriptors are 128-byte aligned)
+ * span | 1                a page of a small span (span descriptors are 128-byte aligned);
+ *                          nothing else in the word, so free reaches the span's fields at
+ *                          small offsets from the entry itself, with no masking
  * segment | 2              a page of a medium segment
  * large header | 4         the page holding a large block's user pointer
  * 8                        the same page after the large block was freed (a tombstone, so a
@@ -65,7 +67,9 @@ typedef uintptr_t hm_pmentry_t;
 #define HM_PM_FREED_LARGE 8u
 #define HM_PM_CHECKED 16u /* span | 16: a small span in HMALLOC_CHECK mode (check_mode.c) */
 #define HM_PM_PTR(e) ((void *)((e) & ~(uintptr_t)127))
-#define HM_PM_CLASS(e) ((unsigned)((e) >> 1) & 63u)
+/* The span of a small-tier entry (e & HM_PM_SMALL): the entry less its flag, which the
+ * compiler folds into the displacement of each field load. */
+#define HM_PM_SPAN(e) ((const hm_span_t *)((e) - HM_PM_SMALL))
 
 /* ---- small tier -------------------------------------------------------------------------- */
 
@@ -82,7 +86,7 @@ typedef struct hm_span_s {
   uint16_t cls;                  /* size class */
   uint8_t listed;                /* on the class's partial list */
   uint8_t shift;                 /* hmi_class_shift[cls], kept here for free's fast path */
-  uint32_t minv;                 /* hmi_class_minv[cls], likewise */
+  uint64_t minv;                 /* hmi_class_minv[cls], likewise */
   struct hm_segment_s *segment;  /* medium segment whose chunk holds the span */
 } __attribute__((aligned(128))) hm_span_t;
 

@@ -141,6 +141,25 @@ Test(misuse, free_mmap_pointer, .signal = SIGABRT) {
   INVALID_FREE(m + 4096);
 }
 
+/* Above the 47 bits of user space: free's fast path reads the page map without a range
+ * test, where such an address names the page 2^47 (or a multiple) below it, a real block. */
+#define ALIASED(p, k) ((char *)(p) + ((uintptr_t)(k) << 47))
+Test(misuse, free_small_block_address_plus_2_pow_47, .signal = SIGABRT) {
+  INVALID_FREE(ALIASED(tiered_block(SMALL), 1));
+}
+
+Test(misuse, free_small_block_address_plus_3_pow_47, .signal = SIGABRT) {
+  INVALID_FREE(ALIASED(tiered_block(48), 3)); /* 48 divides 3 * 2^47 */
+}
+
+Test(misuse, free_medium_block_address_plus_2_pow_47, .signal = SIGABRT) {
+  INVALID_FREE(ALIASED(tiered_block(MEDIUM), 1));
+}
+
+Test(misuse, free_large_block_address_plus_2_pow_50, .signal = SIGABRT) {
+  INVALID_FREE(ALIASED(tiered_block(LARGE), 8));
+}
+
 /* ---- realloc ---- */
 Test(misuse, realloc_stack_pointer, .signal = SIGABRT) {
   char buf[64];

@@ -39,7 +39,8 @@ Test(pagemap, each_tier_maps_to_its_kind) {
   hm_pmentry_t em = hmi_pagemap_get((uintptr_t)m);
   hm_pmentry_t el = hmi_pagemap_get((uintptr_t)l);
   cr_assert(es & HM_PM_SMALL);
-  cr_assert_eq(HM_PM_CLASS(es), hmi_size_class(24));
+  cr_assert_eq(es & 127, HM_PM_SMALL);
+  cr_assert_eq(HM_PM_SPAN(es)->cls, hmi_size_class(24));
   cr_assert_eq(em & 7, HM_PM_MEDIUM);
   cr_assert_eq(el & 7, HM_PM_LARGE);
   /* a large block has one entry: the page of its user pointer */
