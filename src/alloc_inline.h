@@ -30,8 +30,8 @@ static inline __attribute__((always_inline)) hm_tcache_t *hm_tcache_self(void) {
 
 static inline __attribute__((always_inline)) void *hm_alloc_raw(size_t size) {
   if (HM_LIKELY(size <= HM_SMALL_MAX)) {
-    size_t cls = hmi_size_class(size); /* size_t: GCC then indexes with it as it is */
     hm_tcache_t *tc = hm_tcache_self();
+    size_t cls = tc->class_of[(size + 15) >> 4]; /* size_t: GCC then indexes with it as it is */
     void *p = tc->head[cls];
     if (HM_LIKELY(p != NULL)) {
       tc->head[cls] = hmi_next_checked_k(p, tc->list_key);

@@ -13,6 +13,7 @@
  * and tell an object start from an interior pointer (hmi_class_index in internal.h).  The
  * same holds with 64-bit words, which free's fast path uses so that an offset that is not
  * below 2^32 also fails the test (hm_free_raw). */
+#include "class_table.h"
 #include "internal.h"
 
 const uint32_t hmi_class_size[HM_CLASSES] = {
@@ -23,21 +24,7 @@ const uint32_t hmi_class_size[HM_CLASSES] = {
 };
 
 /* hmi_class_of[(n + 15) >> 4] for n <= HM_SMALL_MAX */
-const uint8_t hmi_class_of[(HM_SMALL_MAX >> 4) + 1] = {
-  0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 16, 17,
-  17, 18, 18, 19, 19, 20, 20, 21, 21, 22, 22, 23, 23, 24, 24, 24, 24, 25, 25, 25,
-  25, 26, 26, 26, 26, 27, 27, 27, 27, 28, 28, 28, 28, 29, 29, 29, 29, 30, 30, 30,
-  30, 31, 31, 31, 31, 32, 32, 32, 32, 32, 32, 32, 32, 33, 33, 33, 33, 33, 33, 33,
-  33, 34, 34, 34, 34, 34, 34, 34, 34, 35, 35, 35, 35, 35, 35, 35, 35, 36, 36, 36,
-  36, 36, 36, 36, 36, 37, 37, 37, 37, 37, 37, 37, 37, 38, 38, 38, 38, 38, 38, 38,
-  38, 39, 39, 39, 39, 39, 39, 39, 39, 40, 40, 40, 40, 40, 40, 40, 40, 40, 40, 40,
-  40, 40, 40, 40, 40, 41, 41, 41, 41, 41, 41, 41, 41, 41, 41, 41, 41, 41, 41, 41,
-  41, 42, 42, 42, 42, 42, 42, 42, 42, 42, 42, 42, 42, 42, 42, 42, 42, 43, 43, 43,
-  43, 43, 43, 43, 43, 43, 43, 43, 43, 43, 43, 43, 43, 44, 44, 44, 44, 44, 44, 44,
-  44, 44, 44, 44, 44, 44, 44, 44, 44, 45, 45, 45, 45, 45, 45, 45, 45, 45, 45, 45,
-  45, 45, 45, 45, 45, 46, 46, 46, 46, 46, 46, 46, 46, 46, 46, 46, 46, 46, 46, 46,
-  46, 47, 47, 47, 47, 47, 47, 47, 47, 47, 47, 47, 47, 47, 47, 47, 47,
-};
+const uint8_t hmi_class_of[(HM_SMALL_MAX >> 4) + 1] = HM_CLASS_OF_TABLE;
 
 /* odd part of each class size, inverted modulo 2^64 (its low half is the inverse modulo
  * 2^32) */

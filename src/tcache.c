@@ -26,9 +26,12 @@
 #include <pthread.h>
 #include <string.h>
 
+#include "class_table.h"
 #include "internal.h"
 
-__thread hm_tcache_t hmi_tcache __attribute__((tls_model("initial-exec")));
+__thread hm_tcache_t hmi_tcache __attribute__((tls_model("initial-exec"))) = {
+  .class_of = HM_CLASS_OF_TABLE,
+};
 
 hm_lock_t hmi_registry_lock = HM_LOCK_INIT;
 static hm_tcache_t *registry;

@@ -140,6 +140,9 @@ typedef struct hm_tstats_s {
 typedef struct hm_tcache_s {
   void *head[HM_CLASSES];    /* free lists, linked through each object's first word; first
                               * in the struct so the fast path indexes it with no offset */
+  uint8_t class_of[(HM_SMALL_MAX >> 4) + 1]; /* hmi_class_of, copied into every thread's
+                              * cache by its TLS image (class_table.h): one address less to
+                              * load on malloc's fast path */
   int32_t space[HM_CLASSES]; /* pushes left before list c is over its limit */
   uint32_t limit[HM_CLASSES]; /* objects list c may hold; 0 before set-up and after exit */
   uintptr_t list_key;  /* copies of hmi_list_key and hmi_free_mark, reachable from the */

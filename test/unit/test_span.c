@@ -506,3 +506,27 @@ Test(span, big_free_chunk_empties_the_medium_cache_so_the_heap_shrinks) {
   cr_assert_lt((uintptr_t)sbrk(0), (uintptr_t)brk_before, "the heap shrank");
   cr_assert_eq(hm_heap_check(), 0);
 }
+
+/* malloc's fast path reads the size-class table from the thread's cache, where the TLS
+ * image puts it: a thread that has not called the allocator yet has it whole, and every
+ * request size from 0 to HM_SMALL_MAX gets a block at least that big. */
+static void *class_table_of_fresh_thread(void *arg) {
+  (void)arg;
+  if (memcmp(hmi_tcache.class_of, hmi_class_of, sizeof hmi_class_of) != 0) return (void *)1;
+  for (size_t n = 0; n <= HM_SMALL_MAX; n++) {
+    void *p = malloc(n);
+    if (p == NULL || malloc_usable_size(p) < n || malloc_usable_size(p) > n + n / 8 + 16)
+      return (void *)2;
+    free(p);
+  }
+  return NULL;
+}
+
+Test(span, every_thread_starts_with_the_class_table) {
+  pthread_t t;
+  void *ret = (void *)3;
+  cr_assert_eq(pthread_create(&t, NULL, class_table_of_fresh_thread, NULL), 0);
+  cr_assert_eq(pthread_join(t, &ret), 0);
+  cr_assert_null(ret, "fresh thread: %s", ret == (void *)1 ? "class table differs" : "bad block size");
+  cr_assert_null(class_table_of_fresh_thread(NULL), "main thread");
+}
