@@ -2,7 +2,7 @@
  * one (size_class.c) and the one in every thread cache's initial image (tcache.c), which
  * malloc's fast path reads off the thread pointer with no address of its own to load.
  * HM_CLASS_OF_TABLE[(n + 15) >> 4] is the class of a request of n <= HM_SMALL_MAX bytes;
- * generated with the rest of size_class.c's tables. */
+ * test_size_class checks it against the class sizes. */
 #ifndef HM_CLASS_TABLE_H
 #define HM_CLASS_TABLE_H
 
