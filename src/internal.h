@@ -62,18 +62,11 @@ void hmi_warn(const char *fmt, ...);
 extern hm_pmentry_t *hmi_pagemap_root[];
 #define HM_PM_LEAF_BITS 18
 #define HM_PM_ROOT_BITS 17  /* 12 + 18 + 17 = 47 bits of user address space */
-static inline hm_pmentry_t hmi_pagemap_get(uintptr_t addr) {
-  uintptr_t page = addr >> HM_PAGE_SHIFT;
-  uintptr_t hi = page >> HM_PM_LEAF_BITS;
-  if (HM_UNLIKELY(hi >= ((uintptr_t)1 << HM_PM_ROOT_BITS))) return 0;
-  hm_pmentry_t *leaf = __atomic_load_n(&hmi_pagemap_root[hi], __ATOMIC_ACQUIRE);
-  if (HM_UNLIKELY(leaf == NULL)) return 0;
-  return __atomic_load_n(&leaf[page & (((uintptr_t)1 << HM_PM_LEAF_BITS) - 1)], __ATOMIC_RELAXED);
-}
-/* The same without the range test, for free's fast path: an address at or above 2^47 gets
- * the entry of the address 2^47 (or a multiple) below it, so the caller must refuse such an
- * address by a test on all its bits before trusting the entry (hm_free_raw's 64-bit object
- * test does), and hand hmi_free_slow nothing it has not checked (hmi_free_slow re-reads). */
+/* The entry of addr's page, without a range test, for free's fast path: an address at or
+ * above 2^47 gets the entry of the address 2^47 (or a multiple) below it, so the caller must
+ * refuse such an address by a test on all its bits before trusting the entry (hm_free_raw's
+ * 64-bit object test does), and hand hmi_free_slow nothing it has not checked (hmi_free_slow
+ * re-reads). */
 #define HM_PM_ADDR_BITS (HM_PAGE_SHIFT + HM_PM_LEAF_BITS + HM_PM_ROOT_BITS)
 static inline hm_pmentry_t hmi_pagemap_get_wrapped(uintptr_t addr) {
   uintptr_t page = addr >> HM_PAGE_SHIFT;
@@ -81,6 +74,11 @@ static inline hm_pmentry_t hmi_pagemap_get_wrapped(uintptr_t addr) {
   hm_pmentry_t *leaf = __atomic_load_n(&hmi_pagemap_root[hi], __ATOMIC_ACQUIRE);
   if (HM_UNLIKELY(leaf == NULL)) return 0;
   return __atomic_load_n(&leaf[page & (((uintptr_t)1 << HM_PM_LEAF_BITS) - 1)], __ATOMIC_RELAXED);
+}
+/* The entry of addr's page; 0 for an address outside the map. */
+static inline hm_pmentry_t hmi_pagemap_get(uintptr_t addr) {
+  if (HM_UNLIKELY(addr >> HM_PM_ADDR_BITS)) return 0;
+  return hmi_pagemap_get_wrapped(addr);
 }
 /* Set `pages` entries from addr; returns false if a leaf could not be mapped. */
 bool hmi_pagemap_set(uintptr_t addr, size_t pages, hm_pmentry_t value);
