@@ -68,6 +68,7 @@ static unsigned cpu_count(void) {
 
 void hmi_options_load(void) {
   unsigned cpus = cpu_count();
+  hmi_options.cpus = cpus;
   /* Four arenas per CPU: with more threads than CPUs, a thread preempted inside an arena's
    * lock stalls every thread of that arena; measured on 2 CPUs, alloc_test with 64 threads
    * ran 0.50 s with 2 arenas and 0.35 s with 8 (1 or 2 threads: no change).  At most 16:

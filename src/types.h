@@ -254,6 +254,7 @@ typedef struct hm_options_s {
   size_t tcache_max;
   hm_fit_t fit;
   unsigned arenas;
+  unsigned cpus;   /* CPUs this process may run on, at start-up */
 } hm_options_t;
 
 #endif

@@ -528,6 +528,47 @@ Test(span, medium_cache_has_its_own_budget_of_twice_the_cap) {
   cr_assert_eq(hm_heap_check(), 0);
 }
 
+/* With many more live threads than CPUs, each keeps less: down to half the cap. */
+static pthread_barrier_t crowd_ready, crowd_done;
+static void *crowd_member(void *arg) {
+  (void)arg;
+  free(malloc(16)); /* a live cache */
+  pthread_barrier_wait(&crowd_ready);
+  pthread_barrier_wait(&crowd_done);
+  return NULL;
+}
+
+static void *crowded_budget_body(void *arg) {
+  (void)arg;
+  hm_tcache_t *tc = &hmi_tcache;
+  free(malloc(32)); /* set-up */
+  tc->bytes_cap = 64 << 10;
+  enum { N = HM_MCACHE_DEPTH + 1 };
+  void *big[N];
+  for (int i = 0; i < N; i++) big[i] = malloc(20000);
+  for (int i = 0; i < HM_MCACHE_DEPTH; i++) free(big[i]);
+  /* budget max(32 KiB, 128 KiB * 2 * cpus / live): one 20 KiB block */
+  cr_assert_eq(tc->mcache_bytes, malloc_usable_size(big[N - 1]), "%zu cached", tc->mcache_bytes);
+  free(big[N - 1]);
+  return NULL;
+}
+
+Test(span, medium_budget_shrinks_with_many_more_threads_than_cpus) {
+  unsigned crowd = hmi_options.cpus * 2 * 8;
+  pthread_t *t = calloc(crowd, sizeof *t), one;
+  cr_assert_not_null(t);
+  pthread_barrier_init(&crowd_ready, NULL, crowd + 1);
+  pthread_barrier_init(&crowd_done, NULL, crowd + 1);
+  for (unsigned i = 0; i < crowd; i++) cr_assert_eq(pthread_create(&t[i], NULL, crowd_member, NULL), 0);
+  pthread_barrier_wait(&crowd_ready);
+  cr_assert_eq(pthread_create(&one, NULL, crowded_budget_body, NULL), 0);
+  pthread_join(one, NULL);
+  pthread_barrier_wait(&crowd_done);
+  for (unsigned i = 0; i < crowd; i++) pthread_join(t[i], NULL);
+  free(t);
+  cr_assert_eq(hm_heap_check(), 0);
+}
+
 /* Kept medium blocks must not stop the heap from shrinking: a free that leaves a big free
  * chunk below the top empties the thread's medium cache, and the heap top is then given
  * back. */
