@@ -197,6 +197,21 @@ static void flush(hm_tcache_t *tc, unsigned c, uint32_t n) {
   hmi_span_give(c, head, n, 2 * class_batch[c]);
 }
 
+/* More live thread caches than twice the CPUs: threads that cannot all run at once gain
+ * little from big caches, and each cache holds memory.  Then the medium cache shares the cap
+ * with the small lists, as it did before it had a budget of its own (at most half the cap,
+ * emptied first when the cache passes the cap): the cache of each of 64 threads on 2 CPUs
+ * stays within the cap.  With the budget of twice the cap for every thread, alloc_test with
+ * 64 threads peaked at 36 MB (median of 11 runs, up to 78 MB), 26 MB before. */
+static bool crowded(void) {
+  return __atomic_load_n(&live_caches, __ATOMIC_RELAXED) > 2 * hmi_options.cpus;
+}
+
+/* Bytes of medium blocks a thread may keep. */
+static size_t mcache_budget(const hm_tcache_t *tc) {
+  return crowded() ? tc->bytes_cap / 2 : tc->bytes_cap * 2;
+}
+
 static size_t cached_bytes(const hm_tcache_t *tc) {
   size_t bytes = 0;
   for (unsigned c = 0; c < HM_CLASSES; c++)
@@ -204,8 +219,9 @@ static size_t cached_bytes(const hm_tcache_t *tc) {
   return bytes;
 }
 
-/* Keep the small lists under the byte cap (the medium cache has its own bound, in
- * hmi_mcache_push).  Over it, the list holding the most bytes is halved, again and again,
+/* Keep the small lists under the byte cap (the medium cache has its own budget, in
+ * hmi_mcache_push, but for a crowded process: then it counts too, and is emptied first).
+ * Over it, the list holding the most bytes is halved, again and again,
  * until the lists are down to half the cap.  Halving every list at each breach, as this did before,
  * made any cap below the default cost about as much as no cache: with a 64 KiB cap,
  * alloc_test-t2 took 0.65 s (0.64 with no cache, 0.36 with the default cap), because each
@@ -214,6 +230,9 @@ static size_t cached_bytes(const hm_tcache_t *tc) {
  * shuffle 3% slower at the default cap.) */
 static void enforce_cap(hm_tcache_t *tc) {
   size_t bytes = cached_bytes(tc);
+  bool shared = crowded(); /* the medium cache counts too, and goes first */
+  if (bytes + (shared ? tc->mcache_bytes : 0) <= tc->bytes_cap) return;
+  if (shared) hmi_mcache_flush(tc);
   if (bytes <= tc->bytes_cap) return;
   size_t target = tc->bytes_cap / 2;
   while (bytes > target) {
@@ -359,19 +378,6 @@ void *hmi_mcache_pop(size_t size) {
   return p;
 }
 
-/* Bytes of medium blocks a thread may keep: twice the cap while there are no more live
- * thread caches than twice the CPUs, then less in proportion, down to half the cap.  Threads
- * that cannot all run at once gain little from big caches, and each holds memory: with a
- * flat budget of twice the cap, alloc_test with 64 threads on 2 CPUs peaked at 36 MB (11
- * runs' median; up to 78 MB) against 26 MB with half the cap. */
-static size_t mcache_budget(const hm_tcache_t *tc) {
-  size_t budget = tc->bytes_cap * 2;
-  size_t live = __atomic_load_n(&live_caches, __ATOMIC_RELAXED);
-  size_t room = (size_t)hmi_options.cpus * 2;
-  if (live > room) budget = budget / live * room;
-  return budget > tc->bytes_cap / 2 ? budget : tc->bytes_cap / 2;
-}
-
 /* Keep a freed medium block (p, validated by the caller's page-map lookup only) if it is of
  * a medium class and there is room; false if the caller must free it to its arena.  A block
  * already here is a double free. */
@@ -397,11 +403,11 @@ bool hmi_mcache_push(void *p, hm_segment_t *seg) {
    * could pin (free space below them that the heap cannot give back) is bounded by the
    * medium budget, and a free that leaves a big free chunk the heap cannot trim flushes the
    * cache (mcache_flush_wanted, arena.c).
-   * The budget is twice the cap (mcache_budget), apart from the small lists'.  It was half the cap and
-   * shared with them (a breach of the cap emptied the medium cache first), so a thread
-   * mixing small and medium sizes kept few medium blocks: alloc_test took 0.89x (1 thread)
-   * and 0.91x (2 threads) the time with this budget, and 0.91x with 64 threads, for 1-3%
-   * more peak RSS (9 interleaved runs).  The small lists' share is unchanged: a cap of 1 MiB
+   * The budget is twice the cap, apart from the small lists' (but for a crowded process,
+   * mcache_budget).  It was half the cap and shared with them (a breach of the cap emptied
+   * the medium cache first), so a thread mixing small and medium sizes kept few medium
+   * blocks: alloc_test took 0.89x (1 thread) and 0.91x (2 threads) the time with this
+   * budget, for 1-3% more peak RSS (9 interleaved runs).  The small lists' share is unchanged: a cap of 1 MiB
    * for both made shuffle 1.17x slower (its flushed lists grow colder). */
   if (tc->mcache_count[m] >= HM_MCACHE_DEPTH ||
       tc->mcache_bytes + usable > mcache_budget(tc))

@@ -528,7 +528,8 @@ Test(span, medium_cache_has_its_own_budget_of_twice_the_cap) {
   cr_assert_eq(hm_heap_check(), 0);
 }
 
-/* With many more live threads than CPUs, each keeps less: down to half the cap. */
+/* With more than twice as many live threads as CPUs, the medium cache shares the cap with the
+ * small lists, as it did before it had a budget of its own. */
 static pthread_barrier_t crowd_ready, crowd_done;
 static void *crowd_member(void *arg) {
   (void)arg;
@@ -547,13 +548,21 @@ static void *crowded_budget_body(void *arg) {
   void *big[N];
   for (int i = 0; i < N; i++) big[i] = malloc(20000);
   for (int i = 0; i < HM_MCACHE_DEPTH; i++) free(big[i]);
-  /* budget max(32 KiB, 128 KiB * 2 * cpus / live): one 20 KiB block */
+  /* crowded: half the cap, 32 KiB, holds one 20 KiB block */
   cr_assert_eq(tc->mcache_bytes, malloc_usable_size(big[N - 1]), "%zu cached", tc->mcache_bytes);
+  /* and it shares the cap with the small lists: 48 KiB of them and the 20 KiB block are over
+  * it, so the next check (at a refill) empties the medium cache first */
+  void *s[24];
+  for (int i = 0; i < 24; i++) s[i] = malloc(2048);
+  for (int i = 0; i < 24; i++) free(s[i]);
+  cr_assert_geq(small_cached_bytes(tc), 48 << 10);
+  free(malloc(64)); /* a refill */
+  cr_assert_eq(tc->mcache_bytes, 0, "%zu cached", tc->mcache_bytes);
   free(big[N - 1]);
   return NULL;
 }
 
-Test(span, medium_budget_shrinks_with_many_more_threads_than_cpus) {
+Test(span, medium_cache_shares_the_cap_with_many_more_threads_than_cpus) {
   unsigned crowd = hmi_options.cpus * 2 * 8;
   pthread_t *t = calloc(crowd, sizeof *t), one;
   cr_assert_not_null(t);
