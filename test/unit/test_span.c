@@ -141,14 +141,19 @@ Test(span, first_free_of_a_new_thread_is_given_back) {
   cr_assert_eq(hm_heap_check(), 0);
 }
 
+/* The calling thread's cache, set up, under a byte cap of `cap`. */
+static hm_tcache_t *cache_with_cap(size_t cap) {
+  free(malloc(32)); /* set-up */
+  hmi_tcache.bytes_cap = cap;
+  return &hmi_tcache;
+}
+
 /* Over the cap, the list with the most bytes is halved first; the small lists of other
  * classes keep their objects.  (Halving every list at each breach emptied the cache for
  * every class a thread uses, and any cap below the default cost about as much as no cache.) */
 static void *cap_breach_body(void *arg) {
   (void)arg;
-  hm_tcache_t *tc = &hmi_tcache;
-  free(malloc(32)); /* set-up */
-  tc->bytes_cap = 64 << 10;
+  hm_tcache_t *tc = cache_with_cap(64 << 10);
   unsigned small = hmi_size_class(32), big = hmi_size_class(2048);
   void *s[8], *b[90];
   for (int i = 0; i < 8; i++) s[i] = malloc(32);
@@ -488,9 +493,7 @@ Test(span, medium_blocks_are_cached_whole_per_thread) {
  * leaves it alone.  (It had half the cap, emptied at each breach.) */
 static void *medium_budget_body(void *arg) {
   (void)arg;
-  hm_tcache_t *tc = &hmi_tcache;
-  free(malloc(32)); /* set-up */
-  tc->bytes_cap = 64 << 10;
+  hm_tcache_t *tc = cache_with_cap(64 << 10);
   /* Blocks freed to the arena could leave a big free chunk there, which empties the medium
    * cache (mcache_flush_wanted): the last block of each class stays in use, and so does a
    * block after the last one freed. */
@@ -541,9 +544,7 @@ static void *crowd_member(void *arg) {
 
 static void *crowded_budget_body(void *arg) {
   (void)arg;
-  hm_tcache_t *tc = &hmi_tcache;
-  free(malloc(32)); /* set-up */
-  tc->bytes_cap = 64 << 10;
+  hm_tcache_t *tc = cache_with_cap(64 << 10);
   enum { N = HM_MCACHE_DEPTH + 1 };
   void *big[N];
   for (int i = 0; i < N; i++) big[i] = malloc(20000);
