@@ -148,7 +148,7 @@ Test(misuse, free_small_block_address_plus_2_pow_47, .signal = SIGABRT) {
   INVALID_FREE(ALIASED(tiered_block(SMALL), 1));
 }
 
-Test(misuse, free_small_block_address_plus_3_pow_47, .signal = SIGABRT) {
+Test(misuse, free_small_block_address_plus_3_times_2_pow_47, .signal = SIGABRT) {
   INVALID_FREE(ALIASED(tiered_block(48), 3)); /* 48 divides 3 * 2^47 */
 }
 
@@ -156,7 +156,7 @@ Test(misuse, free_medium_block_address_plus_2_pow_47, .signal = SIGABRT) {
   INVALID_FREE(ALIASED(tiered_block(MEDIUM), 1));
 }
 
-Test(misuse, free_large_block_address_plus_2_pow_50, .signal = SIGABRT) {
+Test(misuse, free_large_block_address_plus_8_times_2_pow_47, .signal = SIGABRT) {
   INVALID_FREE(ALIASED(tiered_block(LARGE), 8));
 }
 
