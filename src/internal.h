@@ -33,6 +33,7 @@ extern hm_arena_t hmi_main_arena;
 void hmi_init(void);
 void hmi_options_load(void);
 bool hmi_parse_size(const char *s, size_t *out);
+const char *hmi_getenv(const char *name);
 static inline void hmi_ensure_init(void) {
   if (HM_UNLIKELY(!hmi_ready)) hmi_init();
 }

@@ -1,11 +1,12 @@
 /* options.c - HMALLOC_* environment options, read once at start-up.
  *
- * getenv only walks environ (it never allocates), so it is safe during init.  A malformed or
+ * hmi_getenv only walks environ (it never allocates), so it is safe during init.  A malformed or
  * out-of-range value prints one warning line naming the variable and the default used, and
  * the program carries on.  Sizes take K, M or G suffixes (powers of 1024). */
+#include <sys/syscall.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sched.h>
 
 #include "internal.h"
 
@@ -16,6 +17,18 @@ hm_options_t hmi_options = {
     .fit = HM_FIT_BEST,
     .arenas = 1,
 };
+
+/* getenv's job without libc's getenv: its code sits in a page of libc that programs rarely
+ * touch otherwise, and each such page costs up to 64 KiB of file-backed RSS once the kernel
+ * maps its neighbours too (fault-around). */
+const char *hmi_getenv(const char *name) {
+  for (char **e = environ; e != NULL && *e != NULL; e++) {
+    const char *a = *e, *b = name;
+    while (*b != '\0' && *a == *b) a++, b++;
+    if (*b == '\0' && *a == '=') return a + 1;
+  }
+  return NULL;
+}
 
 /* Parse "123", "64K", "2m", "1G"; false if malformed or overflowing. */
 bool hmi_parse_size(const char *s, size_t *out) {
@@ -47,7 +60,7 @@ static void warn_bad(const char *name, const char *value, const char *expect,
 
 static void size_option(const char *name, size_t *target, size_t min, size_t max,
                         const char *expect) {
-  const char *v = getenv(name);
+  const char *v = hmi_getenv(name);
   if (v == NULL) return;
   size_t n;
   if (!hmi_parse_size(v, &n) || n < min || n > max) {
@@ -59,11 +72,15 @@ static void size_option(const char *name, size_t *target, size_t min, size_t max
   *target = n;
 }
 
+/* The system call rather than libc's sched_getaffinity + CPU_COUNT, whose code would be one
+ * more rarely used page of libc to map (see hmi_getenv). */
 static unsigned cpu_count(void) {
-  cpu_set_t set;
-  if (sched_getaffinity(0, sizeof set, &set) != 0) return 1;
-  int n = CPU_COUNT(&set);
-  return n > 0 ? (unsigned)n : 1;
+  unsigned long mask[16]; /* 1024 CPUs, as cpu_set_t */
+  long got = syscall(SYS_sched_getaffinity, 0, sizeof mask, mask);
+  if (got <= 0) return 1;
+  unsigned n = 0;
+  for (long i = 0; i < got / (long)sizeof mask[0]; i++) n += (unsigned)__builtin_popcountl(mask[i]);
+  return n > 0 ? n : 1;
 }
 
 void hmi_options_load(void) {
@@ -83,12 +100,12 @@ void hmi_options_load(void) {
   size_t arenas = hmi_options.arenas;
   size_option("HMALLOC_ARENAS", &arenas, 1, HM_MAX_ARENAS, "a number from 1 to 64");
   hmi_options.arenas = (unsigned)arenas;
-  const char *check = getenv("HMALLOC_CHECK");
+  const char *check = hmi_getenv("HMALLOC_CHECK");
   if (check != NULL) {
     if (strcmp(check, "1") == 0) hmi_check_mode = 1;
     else if (strcmp(check, "0") != 0) warn_bad("HMALLOC_CHECK", check, "0 or 1", "0");
   }
-  const char *fit = getenv("HMALLOC_FIT");
+  const char *fit = hmi_getenv("HMALLOC_FIT");
   if (fit != NULL) {
     if (strcmp(fit, "best") == 0) hmi_options.fit = HM_FIT_BEST;
     else if (strcmp(fit, "first") == 0) hmi_options.fit = HM_FIT_FIRST;

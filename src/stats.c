@@ -639,7 +639,7 @@ static bool parse_ms(const char *v, int *out) {
 
 /* Called by hmi_init (under the init lock: nothing here allocates). */
 void hmi_stats_init(void) {
-  const char *v = getenv("HMALLOC_STATS");
+  const char *v = hmi_getenv("HMALLOC_STATS");
   if (v != NULL) {
     bool text;
     if (!parse_stats(v, &text, text_path, json_path)) {
@@ -650,14 +650,14 @@ void hmi_stats_init(void) {
       report_fd = fcntl(2, F_DUPFD_CLOEXEC, 100);
     }
   }
-  const char *iv = getenv("HMALLOC_STATS_INTERVAL");
+  const char *iv = hmi_getenv("HMALLOC_STATS_INTERVAL");
   if (iv != NULL && iv[0] != '\0' && strcmp(iv, "0") != 0) {
     if (!parse_ms(iv, &sample_ms)) {
       sample_ms = 0;
       warn_bad("HMALLOC_STATS_INTERVAL", iv, "milliseconds from 1 to 3600000", "0 (no sampling)");
     }
   }
-  const char *fv = getenv("HMALLOC_STATS_FILE");
+  const char *fv = hmi_getenv("HMALLOC_STATS_FILE");
   if (fv != NULL) {
     if (fv[0] == '\0' || !absolute(fv, strlen(fv), sample_path)) {
       sample_path[0] = '\0';
