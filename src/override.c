@@ -11,8 +11,15 @@
 #pragma GCC diagnostic ignored "-Wmissing-attributes" /* aliases need not repeat them */
 #define ALIAS(name) __attribute__((alias(#name), used, visibility("default")))
 
-HM_API void *malloc(size_t size) { return hm_alloc_inline(size); }
-HM_API void free(void *p) { hm_free_inline(p, "free"); }
+/* malloc and free start on a 64-byte boundary, so their fast paths sit the same way in cache
+ * lines and in the decoded-instruction cache whatever code precedes them.  Left at the
+ * compiler's 16-byte alignment, a change elsewhere that moved free from offset 32 to 16 of
+ * its line made shuffle 1.25x slower (0.90 -> 1.13 s, three 5-run comparisons; same
+ * instructions, same refills): A/B comparisons measured where code happened to fall. */
+#define HOT_ENTRY __attribute__((aligned(64)))
+
+HM_API HOT_ENTRY void *malloc(size_t size) { return hm_alloc_inline(size); }
+HM_API HOT_ENTRY void free(void *p) { hm_free_inline(p, "free"); }
 HM_API void *calloc(size_t n, size_t size) { return hm_calloc(n, size); }
 HM_API void *realloc(void *p, size_t size) { return hm_realloc(p, size); }
 HM_API void *reallocarray(void *p, size_t n, size_t size) { return hm_reallocarray(p, n, size); }
