@@ -114,6 +114,24 @@ Test(stats, peaks) {
   cr_assert_lt(d.peak_allocated, b.peak_allocated);
 }
 
+Test(stats, peak_sees_a_kept_mapping_reused_above_the_large_tiers_high) {
+  malloc_trim(0);
+  void *p = malloc(opaque(8 << 20));
+  cr_assert_not_null(p);
+  free(p); /* kept: the next block of this size takes nothing from the OS */
+  hm_stats_reset_peaks();
+  hm_stats_t a = now();
+  void *q = malloc(opaque(8 << 20));
+  cr_assert_not_null(q);
+  size_t usable = malloc_usable_size(q);
+  free(q);
+  hm_stats_t b = now();
+  cr_assert_eq(b.mmap_count, a.mmap_count, "the block came from the kept mapping");
+  cr_assert_geq(b.peak_allocated, a.allocated + usable, "peak %zu < %zu + %zu", b.peak_allocated,
+                a.allocated, usable);
+  malloc_trim(0);
+}
+
 /* ---- threads ---- */
 enum { THREADS = 4, PER_THREAD = 3000 };
 static void *blocks[THREADS][PER_THREAD];
