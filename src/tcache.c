@@ -16,10 +16,14 @@
  * frees a class (a consumer of another thread's blocks, or a thread that is winding down)
  * holds one batch of it, not the ceiling: measured, that took 64-thread xmalloc from 41 to
  * 28 MB of peak RSS and thread_churn from 5.9 to 5.1 MB, with no workload slower.
- * Byte cap: ceilings are chosen so one list holds at most cap/4 bytes; when the lists as a
- * whole pass the cap (checked on every slow path), the list holding the most bytes is
- * halved until they are down to half the cap (enforce_cap).  The medium cache (at the end
- * of this file) keeps up to twice the cap apart.
+ * Byte cap: a thread's small lists start under a cap of a quarter of HMALLOC_TCACHE_MAX (the
+ * start cap); ceilings are chosen so one list holds at most a quarter of the start cap; when
+ * the lists as a whole pass the cap (checked on every slow path), the list holding the most
+ * bytes is halved until they are down to half the cap (enforce_cap).  A list the cap halved
+ * that its thread then refills before the list overflows on its own says the cap is too small
+ * for what the thread keeps going round: the cap grows by a start cap, up to
+ * HMALLOC_TCACHE_MAX (grow_cap).  The medium cache (at the end of this file) keeps up to twice
+ * the start cap apart.
  * Thread exit: a pthread key destructor flushes everything and marks the cache DEAD with
  * limits 0; later frees (glibc frees after the destructors ran) go straight to the central
  * lists and later mallocs take one object at a time without caching.
@@ -77,9 +81,14 @@ static uint32_t class_limit[HM_CLASSES]; /* most objects a list may come to hold
 static void thread_exit(void *arg);
 static void flush(hm_tcache_t *tc, unsigned c, uint32_t n);
 
-/* Process set-up: batch sizes, limits for the configured cap, and the exit key. */
+/* The cap every thread cache starts with: a quarter of HMALLOC_TCACHE_MAX. */
+static size_t start_cap(void) { return hmi_options.tcache_max / 4; }
+/* The same for one cache: a quarter of the maximum it was set up with. */
+static size_t cache_start_cap(const hm_tcache_t *tc) { return tc->bytes_max / 4; }
+
+/* Process set-up: batch sizes, limits for the start cap, and the exit key. */
 void hmi_tcache_init_process(void) {
-  size_t cap = hmi_options.tcache_max;
+  size_t cap = start_cap();
   for (unsigned c = 0; c < HM_CLASSES; c++) {
     size_t size = hmi_class_size[c];
     /* A batch is 16 KiB worth (a quarter of the cap under a cap below 64 KiB), 4 to 64
@@ -137,7 +146,9 @@ static void setup(hm_tcache_t *tc) {
   }
   tc->list_key = hmi_list_key;
   tc->free_mark = hmi_free_mark;
-  tc->bytes_cap = hmi_options.tcache_max;
+  tc->bytes_max = hmi_options.tcache_max;
+  tc->bytes_cap = start_cap();
+  tc->trimmed = 0;
   tc->hooked = 0;
   tc->arena_index = hmi_arena_assign();
   tc->state = HM_TC_LIVE;
@@ -198,18 +209,19 @@ static void flush(hm_tcache_t *tc, unsigned c, uint32_t n) {
 }
 
 /* More live thread caches than twice the CPUs: threads that cannot all run at once gain
- * little from big caches, and each cache holds memory.  Then the medium cache shares the cap
- * with the small lists, as it did before it had a budget of its own (at most half the cap,
- * emptied first when the cache passes the cap): the cache of each of 64 threads on 2 CPUs
- * stays within the cap.  With the budget of twice the cap for every thread, alloc_test with
- * 64 threads peaked at 36 MB (median of 11 runs, up to 78 MB), 26 MB before. */
+ * little from big caches, and each cache holds memory.  Then a cache keeps its start cap
+ * (grow_cap) and the medium cache shares it with the small lists, as it did before it had a
+ * budget of its own (at most half the start cap, emptied first when the cache passes it): the
+ * cache of each of 64 threads on 2 CPUs stays within the start cap.  With the budget of twice
+ * the start cap for every thread, alloc_test with 64 threads peaked at 36 MB (median of 11
+ * runs, up to 78 MB), 26 MB before. */
 static bool crowded(void) {
   return __atomic_load_n(&live_caches, __ATOMIC_RELAXED) > 2 * hmi_options.cpus;
 }
 
 /* Bytes of medium blocks a thread may keep. */
 static size_t mcache_budget(const hm_tcache_t *tc) {
-  return crowded() ? tc->bytes_cap / 2 : tc->bytes_cap * 2;
+  return crowded() ? cache_start_cap(tc) / 2 : cache_start_cap(tc) * 2;
 }
 
 static size_t cached_bytes(const hm_tcache_t *tc) {
@@ -231,10 +243,11 @@ static size_t cached_bytes(const hm_tcache_t *tc) {
 static void enforce_cap(hm_tcache_t *tc) {
   size_t bytes = cached_bytes(tc);
   bool shared = crowded(); /* the medium cache counts too, and goes first */
-  if (bytes + (shared ? tc->mcache_bytes : 0) <= tc->bytes_cap) return;
+  size_t cap = shared && tc->bytes_cap > cache_start_cap(tc) ? cache_start_cap(tc) : tc->bytes_cap;
+  if (bytes + (shared ? tc->mcache_bytes : 0) <= cap) return;
   if (shared) hmi_mcache_flush(tc);
-  if (bytes <= tc->bytes_cap) return;
-  size_t target = tc->bytes_cap / 2;
+  if (bytes <= cap) return;
+  size_t target = cap / 2;
   while (bytes > target) {
     unsigned pick = 0;
     size_t most = 0;
@@ -245,8 +258,30 @@ static void enforce_cap(hm_tcache_t *tc) {
     uint32_t n = (hm_bin_count(tc, pick) + 1) / 2;
     if (n == 0) break;
     flush(tc, pick, n);
+    tc->trimmed |= (uint64_t)1 << pick;
     bytes -= (size_t)n * hmi_class_size[pick];
   }
+}
+
+/* List cls, which the cap halved, is refilled before it overflowed on its own: the thread
+ * goes round more objects than the cap lets it keep, and each halving sends them through
+ * the central lists and back, where other threads take them to their cores and give theirs.
+ * Grow the cap by a start cap, up to HMALLOC_TCACHE_MAX, in a process with other thread
+ * caches live, not more than twice the CPUs (a crowded process's caches keep the start cap).
+ * A list that overflows first (a thread freeing more than it takes) clears its bit: the
+ * halving was right.  In alloc_test-t2 refills fell from 77k to 5k and flushes from 94k to
+ * 1.3k; against a fixed 256 KiB cap (7-9 interleaved runs) alloc_test-t2 took 0.90-0.93x
+ * the time, larson-t2 0.97-0.99x, xmalloc-t2 0.97x, larson-t64 0.96x, peak RSS within noise.
+ * A lone thread gains little (alloc_test-t1 0.98x) and shuffle lost 2-4%: its lists, halved
+ * at the end of each free phase and refilled in the next allocation phase, grew the cap
+ * every round, and its free phase then flushed colder lists (a fixed 1 MiB cap made it
+ * 1.23-1.31x slower): so a lone thread keeps the start cap. */
+static void grow_cap(hm_tcache_t *tc, unsigned cls) {
+  tc->trimmed &= ~((uint64_t)1 << cls);
+  size_t step = cache_start_cap(tc);
+  if (tc->bytes_cap < tc->bytes_max && __atomic_load_n(&live_caches, __ATOMIC_RELAXED) > 1 &&
+      !crowded())
+    tc->bytes_cap = tc->bytes_max - tc->bytes_cap > step ? tc->bytes_cap + step : tc->bytes_max;
 }
 
 void *hmi_tcache_alloc_slow(unsigned cls) {
@@ -270,6 +305,7 @@ void *hmi_tcache_alloc_slow(unsigned cls) {
     uint32_t first = (uint32_t)FIRST_BATCH << tc->warmup[cls]++;
     if (first < want) want = first;
   }
+  if ((tc->trimmed >> cls) & 1) grow_cap(tc, cls);
   uint32_t n = hmi_span_take(cls, want, &list);
   if (n == 0) return NULL;
   HM_RACY_ADD(tc->stats.refills, 1);
@@ -320,6 +356,7 @@ void hmi_tcache_free_slow(void *p, unsigned cls) {
   }
   /* Overflowing again and again with no refill: the thread frees more of this class than
    * it takes back, so a longer list would only hold objects no one asks for. */
+  tc->trimmed &= ~((uint64_t)1 << cls);
   if (++tc->overflows[cls] >= OVERFLOWS_TO_SHRINK) {
     tc->overflows[cls] = 0;
     if (tc->limit[cls] > start_limit(cls)) {
@@ -403,12 +440,13 @@ bool hmi_mcache_push(void *p, hm_segment_t *seg) {
    * could pin (free space below them that the heap cannot give back) is bounded by the
    * medium budget, and a free that leaves a big free chunk the heap cannot trim flushes the
    * cache (mcache_flush_wanted, arena.c).
-   * The budget is twice the cap, apart from the small lists' (but for a crowded process,
-   * mcache_budget).  It was half the cap and shared with them (a breach of the cap emptied
+   * The budget is twice the start cap, apart from the small lists' (but for a crowded
+   * process, mcache_budget).  It was half the cap and shared with them (a breach of the cap emptied
    * the medium cache first), so a thread mixing small and medium sizes kept few medium
    * blocks: alloc_test took 0.89x (1 thread) and 0.91x (2 threads) the time with this
-   * budget, for 1-3% more peak RSS (9 interleaved runs).  The small lists' share is unchanged: a cap of 1 MiB
-   * for both made shuffle 1.17x slower (its flushed lists grow colder). */
+   * budget, for 1-3% more peak RSS (9 interleaved runs).  A fixed cap of 1 MiB for both made
+   * shuffle 1.17x slower (its flushed lists grow colder): the small lists' cap grows only as
+   * grow_cap says. */
   if (tc->mcache_count[m] >= HM_MCACHE_DEPTH ||
       tc->mcache_bytes + usable > mcache_budget(tc))
     return false;

@@ -43,7 +43,7 @@
 #define HM_DEFAULT_MMAP_THRESHOLD ((size_t)128 << 10)
 #define HM_DEFAULT_TRIM_THRESHOLD ((size_t)128 << 10)
 #define HM_MAX_MMAP_THRESHOLD ((size_t)32 << 20)
-#define HM_DEFAULT_TCACHE_MAX ((size_t)256 << 10)
+#define HM_DEFAULT_TCACHE_MAX ((size_t)1 << 20) /* a cache starts at a quarter of it */
 #define HM_XFER_SLOTS 4                 /* batches a class's transfer cache holds */
 #define HM_MCACHE_MAX ((size_t)128 << 10) /* medium blocks up to this size are cached per thread */
 #define HM_MCLASSES 40                  /* their classes: 8 per power of two, 4 KiB to 128 KiB */
@@ -161,7 +161,10 @@ typedef struct hm_tcache_s {
   uint8_t in_hook;               /* inside a hook (or realloc): report nothing */
   uint8_t mcache_flush_wanted;   /* a free left a big free chunk the heap cannot give back */
   unsigned arena_index;          /* medium arena of this thread (hmi_arena_pick) */
-  size_t bytes_cap;              /* HMALLOC_TCACHE_MAX at set-up */
+  size_t bytes_cap;              /* bytes the small lists may hold now (tcache.c: start_cap) */
+  size_t bytes_max;              /* HMALLOC_TCACHE_MAX at set-up: bytes_cap grows up to it */
+  uint64_t trimmed;              /* bit c (HM_CLASSES <= 64): the cap halved list c, which has not overflowed or
+                                  * been refilled since */
   struct hm_tcache_s *next, *prev; /* registry of live caches (for stats), under registry lock */
 } hm_tcache_t;
 #define HM_TC_NEW 0
