@@ -127,8 +127,9 @@ static struct {
  * benchmark's malloc_free/1048576 288 -> 66 ns with the sampling change in large_alloc). */
 static uint64_t cache_used;
 _Static_assert(CACHE_SLOTS == 64, "one bit per slot in cache_used");
-#define FOR_EACH_KEPT(i) \
-  for (uint64_t m_ = cache_used, i; m_ != 0 && ((i = (uint64_t)__builtin_ctzll(m_)), 1); m_ &= m_ - 1)
+#define FOR_EACH_KEPT(i)                                                                     \
+  for (uint64_t m_ = cache_used, i; m_ != 0 && ((i = (uint64_t)__builtin_ctzll(m_)), 1);     \
+       m_ &= m_ - 1)
 static uint64_t cache_clock;
 static uint64_t serials; /* the last serial given to a block (never 0) */
 _Static_assert(sizeof(hm_large_t) <= HM_LARGE_HEADER, "the header fits before the block");

@@ -142,6 +142,14 @@ Test(span, first_free_of_a_new_thread_is_given_back) {
   cr_assert_eq(hm_heap_check(), 0);
 }
 
+/* Run body on a thread of its own (a fresh cache), then check the heap. */
+static void run_on_thread(void *(*body)(void *)) {
+  pthread_t t;
+  cr_assert_eq(pthread_create(&t, NULL, body, NULL), 0);
+  pthread_join(t, NULL);
+  cr_assert_eq(hm_heap_check(), 0);
+}
+
 /* The calling thread's cache, set up, under a byte cap of `cap`: as if HMALLOC_TCACHE_MAX were
  * four times it (a cache starts at a quarter of its maximum). */
 static hm_tcache_t *cache_with_cap(size_t cap) {
@@ -177,12 +185,7 @@ static void *cap_breach_body(void *arg) {
   return NULL;
 }
 
-Test(span, cap_breach_halves_the_biggest_list_first) {
-  pthread_t t;
-  pthread_create(&t, NULL, cap_breach_body, NULL);
-  pthread_join(t, NULL);
-  cr_assert_eq(hm_heap_check(), 0);
-}
+Test(span, cap_breach_halves_the_biggest_list_first) { run_on_thread(cap_breach_body); }
 
 /* The cap grows by a start cap when a list it halved is refilled before that list overflowed
  * on its own (the thread goes round more than the cap lets it keep), up to the maximum; a list
@@ -210,22 +213,26 @@ static int take_until_refill(hm_tcache_t *tc, unsigned cls, void **keep) {
   return k;
 }
 
+/* Refill each list of the mask (its objects taken until a refill, then freed). */
+static void refill_halved(hm_tcache_t *tc, uint64_t halved) {
+  static void *keep[4000];
+  for (uint64_t m = halved; m != 0; m &= m - 1) {
+    int k = take_until_refill(tc, (unsigned)__builtin_ctzll(m), keep);
+    for (int i = 0; i < k; i++) free(keep[i]);
+  }
+}
+
 /* Rounds of over_the_cap, each list it halved then refilled: each refill grows the cap by a
  * start cap, up to the maximum.  The cap before each round goes to caps[]. */
 static void growth_rounds(hm_tcache_t *tc, size_t *caps, int rounds) {
-  static void *keep[4000];
   size_t step = tc->bytes_max / 4;
   for (int round = 0; round < rounds; round++) {
     caps[round] = tc->bytes_cap;
     over_the_cap(tc);
     uint64_t halved = tc->trimmed;
     size_t before = tc->bytes_cap;
-    for (uint64_t m = halved; m != 0; m &= m - 1) {
-      unsigned cls = (unsigned)__builtin_ctzll(m);
-      int k = take_until_refill(tc, cls, keep);
-      cr_assert_eq((tc->trimmed >> cls) & 1, 0);
-      for (int i = 0; i < k; i++) free(keep[i]);
-    }
+    refill_halved(tc, halved);
+    cr_assert_eq(tc->trimmed & halved, 0, "each refill took its list's evidence");
     size_t want = before + (size_t)__builtin_popcountll(halved) * step;
     if (want > tc->bytes_max) want = tc->bytes_max;
     cr_assert_eq(tc->bytes_cap, want, "cap %zu, want %zu", tc->bytes_cap, want);
@@ -242,10 +249,7 @@ static void *cap_growth_body(void *arg) {
 }
 
 Test(span, cap_grows_when_a_halved_list_is_refilled_before_it_overflows) {
-  pthread_t t;
-  pthread_create(&t, NULL, cap_growth_body, NULL);
-  pthread_join(t, NULL);
-  cr_assert_eq(hm_heap_check(), 0);
+  run_on_thread(cap_growth_body);
 }
 
 static void *cap_ceiling_body(void *arg) {
@@ -258,12 +262,7 @@ static void *cap_ceiling_body(void *arg) {
   return NULL;
 }
 
-Test(span, cap_grows_no_further_than_its_maximum) {
-  pthread_t t;
-  pthread_create(&t, NULL, cap_ceiling_body, NULL);
-  pthread_join(t, NULL);
-  cr_assert_eq(hm_heap_check(), 0);
-}
+Test(span, cap_grows_no_further_than_its_maximum) { run_on_thread(cap_ceiling_body); }
 
 static void *no_growth_body(void *arg) {
   (void)arg;
@@ -288,12 +287,7 @@ static void *no_growth_body(void *arg) {
   return NULL;
 }
 
-Test(span, cap_stays_when_the_halved_list_overflows_first) {
-  pthread_t t;
-  pthread_create(&t, NULL, no_growth_body, NULL);
-  pthread_join(t, NULL);
-  cr_assert_eq(hm_heap_check(), 0);
-}
+Test(span, cap_stays_when_the_halved_list_overflows_first) { run_on_thread(no_growth_body); }
 
 /* Under a cap so small that one batch of a big class is more than a quarter of it, that
  * class is not cached at all, and the others take batches of a quarter of the cap at most. */
@@ -704,11 +698,7 @@ static void *crowded_cap_body(void *arg) {
   (void)arg;
   hm_tcache_t *tc = cache_with_cap(64 << 10);
   over_the_cap(tc);
-  static void *keep[4000];
-  for (uint64_t m = tc->trimmed; m != 0; m &= m - 1) {
-    int k = take_until_refill(tc, (unsigned)__builtin_ctzll(m), keep);
-    for (int i = 0; i < k; i++) free(keep[i]);
-  }
+  refill_halved(tc, tc->trimmed);
   cr_assert_eq(tc->bytes_cap, 64 << 10, "%zu", tc->bytes_cap);
   return NULL;
 }
@@ -768,11 +758,7 @@ Test(span, every_thread_starts_with_the_class_table) {
 static int lone_thread_cap(void) {
   hm_tcache_t *tc = cache_with_cap(64 << 10);
   over_the_cap(tc);
-  static void *keep[4000];
-  for (uint64_t m = tc->trimmed; m != 0; m &= m - 1) {
-    int k = take_until_refill(tc, (unsigned)__builtin_ctzll(m), keep);
-    for (int i = 0; i < k; i++) free(keep[i]);
-  }
+  refill_halved(tc, tc->trimmed);
   if (tc->bytes_cap != 64 << 10) return 1;
   /* with a second thread's cache live, the same evidence grows it */
   pthread_t t;
@@ -795,5 +781,6 @@ Test(span, cap_of_a_lone_thread_does_not_grow) {
   int status;
   cr_assert_eq(waitpid(pid, &status, 0), pid);
   cr_assert(WIFEXITED(status));
-  cr_assert_eq(WEXITSTATUS(status), 0, "1: a lone thread's cap grew; 3: a second thread's cache did not let it grow");
+  cr_assert_eq(WEXITSTATUS(status), 0,
+               "1: a lone thread's cap grew; 3: a second thread's cache did not let it grow");
 }
