@@ -85,7 +85,8 @@ Test(span, cache_stays_under_its_byte_cap) {
     if ((size_t)tc->limit[c] * hmi_class_size[c] > biggest)
       biggest = (size_t)tc->limit[c] * hmi_class_size[c];
   }
-  cr_assert_leq(bytes, hmi_options.tcache_max + biggest);
+  cr_assert_leq(bytes, tc->bytes_cap + biggest, "%zu bytes cached, cap %zu", bytes, tc->bytes_cap);
+  cr_assert_leq(tc->bytes_cap, hmi_options.tcache_max);
 }
 
 /* A thread's first refills of a class take 8, 16 and 32 objects, then whole batches (64
