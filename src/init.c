@@ -2,9 +2,10 @@
  *
  * Start-up happens on the first call that needs it (the fast paths never ask: a zeroed
  * thread cache sends the first request to a slow path, which calls hmi_ensure_init) or from
- * the library constructor, whichever comes first.  Nothing called during init allocates:
- * getrandom, environ, sched_getaffinity (system calls), pthread_key_create.  pthread_atfork may allocate, so
- * it runs after hmi_ready is set, outside the init lock: a malloc it makes is served normally.
+ * the library constructor, whichever comes first.  Nothing called during init allocates: the
+ * getrandom and sched_getaffinity system calls, a walk of environ, pthread_key_create.
+ * pthread_atfork may allocate, so it runs after hmi_ready is set, outside the init lock: a
+ * malloc it makes is served normally.
  * fork: the prepare handler takes every allocator lock in the global lock order (registry,
  * central lists by class, arenas, large, metadata, page map), so the child starts with
  * consistent structures; parent and child then release them. */

@@ -243,7 +243,8 @@ static size_t cached_bytes(const hm_tcache_t *tc) {
 static void enforce_cap(hm_tcache_t *tc) {
   size_t bytes = cached_bytes(tc);
   bool shared = crowded(); /* the medium cache counts too, and goes first */
-  size_t cap = shared && tc->bytes_cap > cache_start_cap(tc) ? cache_start_cap(tc) : tc->bytes_cap;
+  size_t cap =
+      shared && tc->bytes_cap > cache_start_cap(tc) ? cache_start_cap(tc) : tc->bytes_cap;
   if (bytes + (shared ? tc->mcache_bytes : 0) <= cap) return;
   if (shared) hmi_mcache_flush(tc);
   if (bytes <= cap) return;
@@ -305,7 +306,7 @@ void *hmi_tcache_alloc_slow(unsigned cls) {
     uint32_t first = (uint32_t)FIRST_BATCH << tc->warmup[cls]++;
     if (first < want) want = first;
   }
-  if ((tc->trimmed >> cls) & 1) grow_cap(tc, cls);
+  if ((tc->trimmed >> cls) & 1) grow_cap(tc, cls); /* refilled after the cap halved it */
   uint32_t n = hmi_span_take(cls, want, &list);
   if (n == 0) return NULL;
   HM_RACY_ADD(tc->stats.refills, 1);
@@ -354,9 +355,9 @@ void hmi_tcache_free_slow(void *p, unsigned cls) {
     hmi_tcache_settle();
     return;
   }
+  tc->trimmed &= ~((uint64_t)1 << cls); /* the list filled up by itself (grow_cap) */
   /* Overflowing again and again with no refill: the thread frees more of this class than
    * it takes back, so a longer list would only hold objects no one asks for. */
-  tc->trimmed &= ~((uint64_t)1 << cls);
   if (++tc->overflows[cls] >= OVERFLOWS_TO_SHRINK) {
     tc->overflows[cls] = 0;
     if (tc->limit[cls] > start_limit(cls)) {
@@ -441,8 +442,8 @@ bool hmi_mcache_push(void *p, hm_segment_t *seg) {
    * medium budget, and a free that leaves a big free chunk the heap cannot trim flushes the
    * cache (mcache_flush_wanted, arena.c).
    * The budget is twice the start cap, apart from the small lists' (but for a crowded
-   * process, mcache_budget).  It was half the cap and shared with them (a breach of the cap emptied
-   * the medium cache first), so a thread mixing small and medium sizes kept few medium
+   * process, mcache_budget).  It was half the cap and shared with them (a breach of the cap
+   * emptied the medium cache first), so a thread mixing small and medium sizes kept few medium
    * blocks: alloc_test took 0.89x (1 thread) and 0.91x (2 threads) the time with this
    * budget, for 1-3% more peak RSS (9 interleaved runs).  A fixed cap of 1 MiB for both made
    * shuffle 1.17x slower (its flushed lists grow colder): the small lists' cap grows only as
