@@ -22,8 +22,8 @@
  * bytes is halved until they are down to half the cap (enforce_cap).  A list the cap halved
  * that its thread then refills before the list overflows on its own says the cap is too small
  * for what the thread keeps going round: the cap grows by a start cap, up to
- * HMALLOC_TCACHE_MAX (grow_cap).  The medium cache (at the end of this file) keeps up to twice
- * the start cap apart.
+ * HMALLOC_TCACHE_MAX (grow_cap).  The medium cache (at the end of this file) keeps up to
+ * HMALLOC_TCACHE_MAX apart.
  * Thread exit: a pthread key destructor flushes everything and marks the cache DEAD with
  * limits 0; later frees (glibc frees after the destructors ran) go straight to the central
  * lists and later mallocs take one object at a time without caching.
@@ -212,16 +212,17 @@ static void flush(hm_tcache_t *tc, unsigned c, uint32_t n) {
  * little from big caches, and each cache holds memory.  Then a cache keeps its start cap
  * (grow_cap) and the medium cache shares it with the small lists, as it did before it had a
  * budget of its own (at most half the start cap, emptied first when the cache passes it): the
- * cache of each of 64 threads on 2 CPUs stays within the start cap.  With the budget of twice
- * the start cap for every thread, alloc_test with 64 threads peaked at 36 MB (median of 11
+ * cache of each of 64 threads on 2 CPUs stays within the start cap.  With a budget of twice
+ * the (start) cap for every thread, alloc_test with 64 threads peaked at 36 MB (median of 11
  * runs, up to 78 MB), 26 MB before. */
 static bool crowded(void) {
   return __atomic_load_n(&live_caches, __ATOMIC_RELAXED) > 2 * hmi_options.cpus;
 }
 
-/* Bytes of medium blocks a thread may keep. */
+/* Bytes of medium blocks a thread may keep: HMALLOC_TCACHE_MAX, apart from the small lists'
+ * cap (half the start cap, shared with them, in a crowded process). */
 static size_t mcache_budget(const hm_tcache_t *tc) {
-  return crowded() ? cache_start_cap(tc) / 2 : cache_start_cap(tc) * 2;
+  return crowded() ? cache_start_cap(tc) / 2 : tc->bytes_max;
 }
 
 static size_t cached_bytes(const hm_tcache_t *tc) {
@@ -441,11 +442,15 @@ bool hmi_mcache_push(void *p, hm_segment_t *seg) {
    * could pin (free space below them that the heap cannot give back) is bounded by the
    * medium budget, and a free that leaves a big free chunk the heap cannot trim flushes the
    * cache (mcache_flush_wanted, arena.c).
-   * The budget is twice the start cap, apart from the small lists' (but for a crowded
+   * The budget is HMALLOC_TCACHE_MAX, apart from the small lists' cap (but for a crowded
    * process, mcache_budget).  It was half the cap and shared with them (a breach of the cap
    * emptied the medium cache first), so a thread mixing small and medium sizes kept few medium
-   * blocks: alloc_test took 0.89x (1 thread) and 0.91x (2 threads) the time with this
-   * budget, for 1-3% more peak RSS (9 interleaved runs).  A fixed cap of 1 MiB for both made
+   * blocks: alloc_test took 0.89x (1 thread) and 0.91x (2 threads) the time with a budget of
+   * twice the cap, for 1-3% more peak RSS (9 interleaved runs).  Twice that again (the
+   * maximum, 1 MiB by default) took alloc_test's arena calls from 227k to 146k: alloc_test-t2
+   * 0.96x, alloc_test-t1 0.976x, realloc_heavy 0.96x, sqlite3 0.945x (5-9 interleaved runs),
+   * peak RSS up to 1.4% more; eight times the start cap gained nothing more (four blocks per
+   * class are the limit then).  A fixed cap of 1 MiB for both made
    * shuffle 1.17x slower (its flushed lists grow colder): the small lists' cap grows only as
    * grow_cap says. */
   if (tc->mcache_count[m] >= HM_MCACHE_DEPTH ||

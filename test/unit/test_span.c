@@ -598,12 +598,13 @@ Test(span, medium_blocks_are_cached_whole_per_thread) {
   cr_assert_eq(hm_heap_check(), 0);
 }
 
-/* The medium cache has its own budget, twice the cap, apart from the small lists': it keeps
- * more than the cap's worth of medium blocks, and a breach of the cap by the small lists
- * leaves it alone.  (It had half the cap, emptied at each breach.) */
+/* The medium cache has its own budget, HMALLOC_TCACHE_MAX, apart from the small lists' cap:
+ * it keeps more than the cap's worth of medium blocks, and a breach of the cap by the small
+ * lists leaves it alone.  (It had half the cap, emptied at each breach.) */
 static void *medium_budget_body(void *arg) {
   (void)arg;
   hm_tcache_t *tc = cache_with_cap(64 << 10);
+  tc->bytes_max = 128 << 10; /* the medium budget */
   /* Blocks freed to the arena could leave a big free chunk there, which empties the medium
    * cache (mcache_flush_wanted): the last block of each class stays in use, and so does a
    * block after the last one freed. */
@@ -613,10 +614,10 @@ static void *medium_budget_body(void *arg) {
   void *over = malloc(40000), *guard = malloc(40000);
   size_t big_usable = malloc_usable_size(big[0]), mid_usable = malloc_usable_size(mid[0]);
   for (int i = 0; i < HM_MCACHE_DEPTH; i++) free(big[i]), free(mid[i]);
-  /* four of each class, 4 * (20480 + 9216) = 118784 bytes: over the cap, under twice it */
+  /* four of each class, 4 * (20480 + 9216) = 118784 bytes: over the cap, under the maximum */
   size_t want = HM_MCACHE_DEPTH * (big_usable + mid_usable);
   cr_assert_gt(want, tc->bytes_cap);
-  cr_assert_leq(want, 2 * tc->bytes_cap);
+  cr_assert_leq(want, tc->bytes_max);
   cr_assert_eq(tc->mcache_bytes, want, "%zu cached, %zu expected", tc->mcache_bytes, want);
   /* small lists over the cap: halved, the medium cache kept */
   void *s[120];
@@ -625,7 +626,7 @@ static void *medium_budget_body(void *arg) {
   cr_assert_gt(tc->stats.flushes, 0);
   cr_assert_leq(small_cached_bytes(tc), tc->bytes_cap);
   cr_assert_eq(tc->mcache_bytes, want, "the small lists' breach left the medium cache alone");
-  /* a block that would take it past twice the cap goes to its arena */
+  /* a block that would take it past the maximum goes to its arena */
   free(over);
   cr_assert_eq(tc->mcache_bytes, want);
   free(guard);
@@ -634,7 +635,7 @@ static void *medium_budget_body(void *arg) {
   return NULL;
 }
 
-Test(span, medium_cache_has_its_own_budget_of_twice_the_cap) {
+Test(span, medium_cache_has_its_own_budget_of_the_maximum) {
   pthread_t t;
   cr_assert_eq(pthread_create(&t, NULL, medium_budget_body, NULL), 0);
   pthread_join(t, NULL);
