@@ -22,6 +22,11 @@ void hmi_corrupt_list(void *at) {
 
 void *hmi_alloc_small_slow(unsigned cls, size_t size) {
   void *p;
+  /* Options first: the process's first allocation lands here (the cache is the empty
+   * sentinel), and if it comes before the library constructor (from another library's
+   * constructor: libselinux's fopen in ls), HMALLOC_CHECK must already be known, or the block
+   * is handed out without its canary and its free is reported as an overflow. */
+  hmi_ensure_init();
   if (HM_UNLIKELY(hmi_check_mode)) {
     p = hmi_check_alloc(size, HM_ALIGN); /* counts it */
   } else {

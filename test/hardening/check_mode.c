@@ -83,6 +83,26 @@ Test(check_mode, an_overflow_is_reported_with_the_block_and_size) {
   }
 }
 
+/* A block allocated before the library's constructor has run (by another library's
+ * constructor, as libselinux's fopen in ls) is checked like any other: ls aborted with a
+ * false overflow report when the first allocation of a small size skipped reading
+ * HMALLOC_CHECK. */
+Test(check_mode, a_block_allocated_before_the_constructor_is_checked_too) {
+  for (unsigned i = 0; i < 4; i++) {
+    run_t r;
+    run_prog("early-ok", sizes[i], &r);
+    cr_assert(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 0,
+              "size %s: status %d, stderr \"%s\"", sizes[i], r.status, r.err);
+    run_prog("early-overflow", sizes[i], &r);
+    char block[64], want[160];
+    block_of(&r, block, sizeof block);
+    snprintf(want, sizeof want, "hmalloc: free(): buffer overflow after block %s of size %s",
+             block, sizes[i]);
+    cr_assert_not_null(strstr(r.err, want), "size %s: stderr \"%s\", expected \"%s\"",
+                       sizes[i], r.err, want);
+  }
+}
+
 Test(check_mode, a_write_after_free_is_reported) {
   /* small (checked when reused) and medium (checked when leaving the quarantine); a large
    * block is unmapped on free, so the write faults at once */

@@ -4,8 +4,12 @@
  *   ok        allocate, fill, check usable size == SIZE, realloc, calloc, free: exit 0
  *   overflow  write one byte past SIZE, then free (expects an abort naming the block)
  *   uaf       free, then write into the freed block, then malloc_trim and allocate again
- *             (expects an abort: "write after free") */
+ *             (expects an abort: "write after free")
+ *   early-MODE   MODE on a block allocated by a constructor that runs before the library's
+ *             own (priority 101), as another library's constructor may: the process's first
+ *             allocation must already be made in checking mode */
 #include <malloc.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,10 +19,21 @@ static void *launder(void *p) {
   return v;
 }
 
+static unsigned char *early_block;
+
+/* glibc passes main's arguments to constructors. */
+__attribute__((constructor(101))) static void allocate_early(int argc, char **argv) {
+  if (argc == 3 && strncmp(argv[1], "early-", 6) == 0)
+    early_block = launder(malloc(strtoul(argv[2], NULL, 10)));
+}
+
 int main(int argc, char **argv) {
   if (argc != 3) return 2;
   size_t n = strtoul(argv[2], NULL, 10);
-  unsigned char *p = launder(malloc(n));
+  const char *early = "early-";
+  bool is_early = strncmp(argv[1], early, strlen(early)) == 0;
+  if (is_early) argv[1] += strlen(early);
+  unsigned char *p = is_early ? early_block : launder(malloc(n));
   if (p == NULL) return 3;
   if (strcmp(argv[1], "ok") == 0) {
     if (malloc_usable_size(p) != n) return 4;
