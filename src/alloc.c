@@ -322,7 +322,7 @@ HM_API int hm_malloc_trim(size_t pad) {
   hmi_span_release_empty();
   int released = hmi_large_cache_flush() ? 1 : 0;
   for (unsigned i = 0; i < hmi_arena_count; i++)
-    released |= hmi_arena_trim(hmi_arenas[i], pad, true);
+    if (hmi_arena_if_given(i)) released |= hmi_arena_trim(hmi_arenas[i], pad, true);
   return released;
 }
 

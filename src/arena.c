@@ -598,9 +598,16 @@ void hmi_arena_init(hm_arena_t *a, unsigned index, bool use_brk) {
 }
 
 /* ---- consistency check ---- */
+/* An arena's number: its place in hmi_arenas, or the index a unit test gave it. */
+static unsigned arena_number(const hm_arena_t *a) {
+  for (unsigned i = 0; i < hmi_arena_count; i++)
+    if (hmi_arenas[i] == a) return i;
+  return a->index;
+}
+
 #define FAIL(msg, at)                                                            \
   do {                                                                           \
-    hmi_dprintf(2, "hmalloc: heap check: %s at %p (arena %u)\n", msg, (void *)(uintptr_t)(at), a->index); \
+    hmi_dprintf(2, "hmalloc: heap check: %s at %p (arena %u)\n", msg, (void *)(uintptr_t)(at), arena_number(a)); \
     return -1;                                                                   \
   } while (0)
 
@@ -679,17 +686,21 @@ int hmi_arena_check(hm_arena_t *a) {
 hm_arena_t *hmi_arenas[HM_MAX_ARENAS];
 unsigned hmi_arena_count;
 
+/* Zeroed memory is an empty arena (unlocked, no segments, empty bins), and both homes are
+ * zero already: .bss for the main arena, one fresh mapping for the others.  So nothing is
+ * written to an arena until a thread uses it (their index is their place here, arena_number):
+ * writing each descriptor (about 6.5 KiB) at start-up put 14 pages in every process's RSS,
+ * 56 KiB for the 7 arenas that a single-threaded program never uses. */
 void hmi_arenas_init(unsigned count) {
-  hmi_arena_init(&hmi_main_arena, 0, true);
+  hmi_main_arena.use_brk = 1;
   hmi_arenas[0] = &hmi_main_arena;
   hmi_arena_count = 1;
-  for (unsigned i = 1; i < count && i < HM_MAX_ARENAS; i++) {
-    hm_arena_t *a = hmi_os_mmap(hm_align_up(sizeof *a, HM_PAGE));
-    if (a == NULL) break;
-    hmi_arena_init(a, i, false);
-    hmi_arenas[i] = a;
-    hmi_arena_count = i + 1;
-  }
+  if (count > HM_MAX_ARENAS) count = HM_MAX_ARENAS;
+  if (count < 2) return;
+  hm_arena_t *more = hmi_os_mmap(hm_align_up((count - 1) * sizeof *more, HM_PAGE));
+  if (more == NULL) return; /* the main arena serves every thread */
+  for (unsigned i = 1; i < count; i++) hmi_arenas[i] = &more[i - 1];
+  hmi_arena_count = count;
 }
 
 /* A thread's arena is chosen when its cache is set up (tcache.c, hmi_arena_assign); a thread
@@ -709,7 +720,21 @@ hm_arena_t *hmi_arena_pick(void) {
  * the arena picked is bumped by compare-and-swap, so threads starting together cannot all
  * pile onto the same one. */
 static unsigned arena_threads[HM_MAX_ARENAS]; /* live threads using each arena */
+/* Bit i: arena i has been given to a thread.  Set under hmi_registry_lock (the caller's), which
+ * fork_prepare holds while it locks the arenas: so the arenas it leaves alone stay unused
+ * through the fork (hmi_arena_lock_all). */
+static uint64_t arenas_given = 1; /* the main arena serves threads without a cache */
 
+/* Arena i, or NULL if no thread was ever given it: such an arena is all zero (no segment, no
+ * chunk, nothing counted), so the whole-heap walks (stats, malloc_trim, the heap check) and
+ * fork leave it unread and unlocked, and its pages stay out of memory (hmi_arenas_init). */
+hm_arena_t *hmi_arena_if_given(unsigned i) {
+  return i < hmi_arena_count && ((__atomic_load_n(&arenas_given, __ATOMIC_RELAXED) >> i) & 1)
+             ? hmi_arenas[i]
+             : NULL;
+}
+
+/* Caller holds hmi_registry_lock. */
 unsigned hmi_arena_assign(void) {
   unsigned n = __atomic_load_n(&hmi_options.arenas, __ATOMIC_RELAXED);
   if (n == 0 || n > hmi_arena_count) n = hmi_arena_count;
@@ -724,8 +749,10 @@ unsigned hmi_arena_assign(void) {
     }
     /* if another thread took it meanwhile, look again */
     if (__atomic_compare_exchange_n(&arena_threads[best], &best_count, best_count + 1, false,
-                                    __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+                                    __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+      __atomic_fetch_or(&arenas_given, (uint64_t)1 << best, __ATOMIC_RELAXED);
       return best;
+    }
   }
 }
 
@@ -750,12 +777,19 @@ void hmi_arena_threads_after_fork(unsigned self) {
   for (unsigned i = 0; i < HM_MAX_ARENAS; i++) arena_threads[i] = i == self;
 }
 
+/* Around fork (the caller holds hmi_registry_lock, so no thread is given a new arena until
+ * fork_parent or fork_child release it): the arenas given to threads.  No one takes the lock
+ * of another (hmi_arena_if_given), and locking it would write its page: 7 pages in each
+ * forking process, for arenas most never use. */
 void hmi_arena_lock_all(void) {
-  for (unsigned i = 0; i < hmi_arena_count; i++) hm_lock(&hmi_arenas[i]->lock);
+  for (unsigned i = 0; i < hmi_arena_count; i++)
+    if (hmi_arena_if_given(i)) hm_lock(&hmi_arenas[i]->lock);
 }
 void hmi_arena_unlock_all(void) {
-  for (unsigned i = hmi_arena_count; i-- > 0;) hm_unlock(&hmi_arenas[i]->lock);
+  for (unsigned i = hmi_arena_count; i-- > 0;)
+    if (hmi_arena_if_given(i)) hm_unlock(&hmi_arenas[i]->lock);
 }
 void hmi_arena_reset_locks(void) {
-  for (unsigned i = 0; i < hmi_arena_count; i++) hm_lock_reset(&hmi_arenas[i]->lock);
+  for (unsigned i = 0; i < hmi_arena_count; i++)
+    if (hmi_arena_if_given(i)) hm_lock_reset(&hmi_arenas[i]->lock);
 }

@@ -7,7 +7,7 @@
 HM_API int hm_heap_check(void) {
   hmi_ensure_init();
   for (unsigned i = 0; i < hmi_arena_count; i++)
-    if (hmi_arena_check(hmi_arenas[i]) != 0) return -1;
+    if (hmi_arena_if_given(i) && hmi_arena_check(hmi_arenas[i]) != 0) return -1;
   if (hmi_span_check() != 0) return -1;
   if (hmi_large_check() != 0) return -1;
   return 0;

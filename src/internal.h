@@ -151,6 +151,7 @@ extern hm_arena_t *hmi_arenas[HM_MAX_ARENAS];
 void hmi_arenas_init(unsigned count);
 extern unsigned hmi_arena_count;
 hm_arena_t *hmi_arena_pick(void);
+hm_arena_t *hmi_arena_if_given(unsigned i);
 unsigned hmi_arena_assign(void);
 void hmi_arena_unassign(unsigned index);
 void hmi_arena_threads_after_fork(unsigned self);

@@ -114,7 +114,8 @@ void hmi_stats_snapshot(hms_snap_t *s) {
 
   s->arena_count = hmi_arena_count;
   for (unsigned i = 0; i < s->arena_count; i++) {
-    hm_arena_t *a = hmi_arenas[i];
+    hm_arena_t *a = hmi_arena_if_given(i);
+    if (a == NULL) continue; /* all zero */
     hms_arena_t *r = &s->arena[i];
     r->top_free = i == 0 ? hmi_arena_top_free(a) : 0; /* takes the lock itself */
     hm_lock(&a->lock);
@@ -247,8 +248,10 @@ static size_t allocated_racy(void) {
   small = small > cached ? small - cached : 0;
   size_t in_use = 0, chunks = 0;
   for (unsigned i = 0; i < hmi_arena_count; i++) {
-    in_use += __atomic_load_n(&hmi_arenas[i]->in_use, __ATOMIC_RELAXED);
-    chunks += __atomic_load_n(&hmi_arenas[i]->in_use_chunks, __ATOMIC_RELAXED);
+    const hm_arena_t *a = hmi_arena_if_given(i);
+    if (a == NULL) continue;
+    in_use += __atomic_load_n(&a->in_use, __ATOMIC_RELAXED);
+    chunks += __atomic_load_n(&a->in_use_chunks, __ATOMIC_RELAXED);
   }
   size_t span_chunks = spans * HM_SPAN_SIZE;
   span_chunks = __atomic_load_n(&hmi_span_chunk_bytes, __ATOMIC_RELAXED);
@@ -263,7 +266,9 @@ static size_t allocated_racy(void) {
 void hmi_stats_note_mapped(void) {
   size_t mapped = 0;
   for (unsigned i = 0; i < hmi_arena_count; i++) {
-    size_t m = __atomic_load_n(&hmi_arenas[i]->mapped, __ATOMIC_RELAXED);
+    const hm_arena_t *a = hmi_arena_if_given(i);
+    if (a == NULL) continue;
+    size_t m = __atomic_load_n(&a->mapped, __ATOMIC_RELAXED);
     raise_peak(&arena_peaks[i], m);
     mapped += m;
   }

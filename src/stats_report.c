@@ -137,7 +137,7 @@ HM_API int hm_malloc_info(int options, FILE *fp) {
   for (unsigned i = 0; i < s.arena_count; i++) {
     const hms_arena_t *a = &s.arena[i];
     LINE(fp, "<heap nr=\"%u\">\n<sizes>\n", i);
-    heap_sizes(fp, hmi_arenas[i]);
+    if (hmi_arena_if_given(i)) heap_sizes(fp, hmi_arenas[i]); /* else no chunk at all */
     LINE(fp, "</sizes>\n<total type=\"fast\" count=\"%zu\" size=\"%zu\"/>\n",
          i == 0 ? s.small_free_objects : 0, i == 0 ? s.small_free : 0);
     LINE(fp, "<total type=\"rest\" count=\"%zu\" size=\"%zu\"/>\n", a->free_chunks,

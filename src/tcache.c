@@ -150,9 +150,9 @@ static void setup(hm_tcache_t *tc) {
   tc->bytes_cap = start_cap();
   tc->trimmed = 0;
   tc->hooked = 0;
-  tc->arena_index = hmi_arena_assign();
-  tc->state = HM_TC_LIVE;
   hm_lock(&hmi_registry_lock);
+  tc->arena_index = hmi_arena_assign(); /* under the lock: see hmi_arena_lock_all */
+  tc->state = HM_TC_LIVE;
   tc->prev = NULL;
   tc->next = registry;
   if (registry) registry->prev = tc;

@@ -206,7 +206,7 @@ typedef enum { HM_FIT_BEST = 0, HM_FIT_FIRST = 1 } hm_fit_t;
 /* An arena: medium chunks with one lock.  Every field is under `lock`. */
 typedef struct hm_arena_s {
   hm_lock_t lock;
-  unsigned index;
+  unsigned index;       /* set by hmi_arena_init (unit tests); the set's arenas keep 0 (arena_number) */
   uint8_t use_brk;      /* may grow with sbrk (only the main arena) */
   uint8_t brk_failed;   /* sbrk refused once: carry on with mmap segments */
   uint64_t fl_bitmap;

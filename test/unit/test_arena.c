@@ -9,6 +9,7 @@
 
 #include <malloc.h>
 #include <stdlib.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "hmalloc.h"
@@ -338,4 +339,41 @@ Test(arena, arena_of_exited_thread_keeps_no_segment) {
                (unsigned long)out[0], a->segment_count);
   cr_assert_eq(a->mapped, 0);
   cr_assert_eq(hmi_arena_check(a), 0);
+}
+
+/* Pages of an arena descriptor in memory (mincore), of those it spans. */
+static unsigned resident_pages(const hm_arena_t *a, unsigned *spanned) {
+  uintptr_t first = (uintptr_t)a & ~(uintptr_t)(HM_PAGE - 1);
+  uintptr_t end = hm_align_up((uintptr_t)a + sizeof *a, HM_PAGE);
+  unsigned char vec[8];
+  *spanned = (unsigned)((end - first) / HM_PAGE);
+  cr_assert_leq(*spanned, sizeof vec);
+  cr_assert_eq(mincore((void *)first, end - first, vec), 0);
+  unsigned n = 0;
+  for (unsigned i = 0; i < *spanned; i++) n += vec[i] & 1;
+  return n;
+}
+
+/* The arenas beyond the main one are untouched pages until a thread is given one: each
+ * descriptor is about 6.5 KiB, and writing them at start-up put 14 pages into every process's
+ * RSS (and locking them all around fork, 7 more in every forking process, this test's
+ * included).  The stats, the heap check and malloc_trim leave them unread too, or the kernel
+ * would map the zero page there (which mincore counts).  The last arena is checked (this
+ * process has fewer live threads than arenas, so none was given it), then used. */
+Test(arena, an_arena_no_thread_was_given_stays_out_of_memory) {
+  hmi_ensure_init();
+  cr_assert_geq(hmi_arena_count, 4, "4 arenas per CPU");
+  hm_stats_t st;
+  hm_stats_get(&st);
+  cr_assert_eq(malloc_trim(0) | 1, 1);
+  cr_assert_eq(hm_heap_check(), 0);
+  hm_arena_t *last = hmi_arenas[hmi_arena_count - 1];
+  cr_assert_null(hmi_arena_if_given(hmi_arena_count - 1));
+  unsigned spanned, resident = resident_pages(last, &spanned);
+  cr_assert_eq(resident, 0, "%u of %u pages resident", resident, spanned);
+  void *p = hmi_arena_alloc(last, 3000, HM_ALIGN);
+  cr_assert_not_null(p);
+  cr_assert_gt(resident_pages(last, &spanned), 0);
+  hmi_arena_free(p, seg_of(p));
+  cr_assert_eq(hmi_arena_check(last), 0);
 }
