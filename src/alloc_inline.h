@@ -28,6 +28,22 @@ static inline __attribute__((always_inline)) hm_tcache_t *hm_tcache_self(void) {
   return tc;
 }
 
+/* x < *bound, the bound read as a relaxed atomic load folded into the compare.  Written
+ * as an atomic load GCC 12 loads it into a register first: one instruction more per free. */
+static inline __attribute__((always_inline)) bool hm_below(uint64_t x, const uint64_t *bound) {
+  bool below;
+  __asm__("cmpq %2, %1" : "=@ccb"(below) : "r"(x), "m"(*bound));
+  return below;
+}
+
+/* --*counter < 0, in one instruction on the counter in memory.  Written in C, GCC 12 computes
+ * the counter's address apart first (one instruction more per free). */
+static inline __attribute__((always_inline)) bool hm_dec_negative(int32_t *counter) {
+  bool negative;
+  __asm__("subl $1, %0" : "+m"(*counter), "=@ccs"(negative));
+  return negative;
+}
+
 static inline __attribute__((always_inline)) void *hm_alloc_raw(size_t size) {
   if (HM_LIKELY(size <= HM_SMALL_MAX)) {
     hm_tcache_t *tc = hm_tcache_self();
@@ -59,7 +75,7 @@ static inline __attribute__((always_inline)) void hm_free_raw(void *p, const cha
     uint64_t x = ((uintptr_t)p - s->start) * s->minv;
     uint64_t idx = (x >> s->shift) | (x << ((64u - s->shift) & 63u));
     /* An object start that the span has handed out at least once. */
-    if (HM_LIKELY(idx < __atomic_load_n(&s->bump, __ATOMIC_RELAXED))) {
+    if (HM_LIKELY(hm_below(idx, &s->bump))) {
       unsigned cls = s->cls;
       hm_tcache_t *tc = hm_tcache_self();
 #ifndef HM_NO_HARDENING
@@ -76,12 +92,7 @@ static inline __attribute__((always_inline)) void hm_free_raw(void *p, const cha
 #endif
       tc->head[cls] = p;
       HM_RACY_ADD(tc->stats.class_free[cls], 1);
-      /* Through a pointer: from tc->space[cls] GCC 12 computes the index apart (one more
-       * instruction per free). */
-      int32_t *space_p = (int32_t *)((char *)tc + offsetof(hm_tcache_t, space) + (size_t)cls * 4);
-      int32_t space = *space_p - 1;
-      HM_RACY_SET(*space_p, space);
-      if (HM_LIKELY(space >= 0)) return;
+      if (HM_LIKELY(!hm_dec_negative(&tc->space[cls]))) return;
       hmi_tcache_free_slow(p, cls);
       return;
     }
