@@ -11,6 +11,7 @@
 
 #include "hmalloc.h"
 #include "internal.h"
+#include "stats_internal.h"
 
 /* Bytes the thread's small lists hold. */
 static size_t small_cached_bytes(const hm_tcache_t *tc) {
@@ -785,4 +786,67 @@ Test(span, cap_of_a_lone_thread_does_not_grow) {
   cr_assert(WIFEXITED(status));
   cr_assert_eq(WEXITSTATUS(status), 0,
                "1: a lone thread's cap grew; 3: a second thread's cache did not let it grow");
+}
+
+/* ---- per-class call counts ---- */
+
+#define COUNT_CLASS_SIZE 100
+static uint64_t class_calls(bool frees) {
+  static hms_snap_t s; /* big: off the stack */
+  hmi_stats_snapshot(&s);
+  const hms_class_t *c = &s.cls[hmi_size_class(COUNT_CLASS_SIZE)];
+  return frees ? c->frees : c->mallocs;
+}
+
+/* Allocate n objects of the class, freeing each at once but every `every`-th, which goes to
+ * keep[] (the list sees refills, overflows and halvings); returns how many were kept. */
+static unsigned churn_class(void **keep, unsigned n, unsigned every) {
+  unsigned kept = 0;
+  for (unsigned i = 0; i < n; i++) {
+    void *p = malloc(COUNT_CLASS_SIZE);
+    cr_assert_not_null(p);
+    if (i % every == 0) keep[kept++] = p;
+    else free(p);
+  }
+  return kept;
+}
+
+static pthread_barrier_t count_barrier;
+static void *count_body(void *arg) {
+  static void *keep[4000];
+  unsigned *kept = arg;
+  *kept = churn_class(keep, 12000, 3);
+  for (unsigned i = 0; i < *kept; i += 2) free(keep[i]); /* some objects end in the list */
+  pthread_barrier_wait(&count_barrier); /* counted while alive, objects in its list */
+  pthread_barrier_wait(&count_barrier);
+  for (unsigned i = 1; i < *kept; i += 2) free(keep[i]);
+  return NULL;
+}
+
+/* Every malloc and free of the class is counted once, whoever reads: this thread (objects in
+ * its list), another live thread (quiet at a barrier, objects in its list) and one that has
+ * exited (its counts folded into the totals as its lists are flushed). */
+Test(span, class_counts_are_exact_through_refills_flushes_and_thread_exit) {
+  static void *keep[4000];
+  uint64_t m0 = class_calls(false), f0 = class_calls(true);
+  unsigned kept = churn_class(keep, 12000, 3);
+  cr_assert_eq(class_calls(false) - m0, 12000);
+  cr_assert_eq(class_calls(true) - f0, 12000 - kept);
+  for (unsigned i = 0; i < kept; i++) free(keep[i]);
+  cr_assert_eq(class_calls(true) - f0, 12000);
+
+  uint64_t m1 = class_calls(false), f1 = class_calls(true);
+  unsigned other_kept;
+  pthread_t t;
+  pthread_barrier_init(&count_barrier, NULL, 2);
+  cr_assert_eq(pthread_create(&t, NULL, count_body, &other_kept), 0);
+  pthread_barrier_wait(&count_barrier);
+  cr_assert_eq(class_calls(false) - m1, 12000);
+  cr_assert_eq(class_calls(true) - f1, 12000 - other_kept + (other_kept + 1) / 2);
+  pthread_barrier_wait(&count_barrier);
+  pthread_join(t, NULL);
+  cr_assert_eq(class_calls(false) - m1, 12000);
+  cr_assert_eq(class_calls(true) - f1, 12000);
+  pthread_barrier_destroy(&count_barrier);
+  cr_assert_eq(hm_heap_check(), 0);
 }
