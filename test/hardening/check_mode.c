@@ -59,28 +59,38 @@ static const char *block_of(const run_t *r, char *buf, size_t len) {
 
 static const char *sizes[] = {"24", "3000", "20000", "300000"};
 
-Test(check_mode, correct_programs_run_and_usable_size_is_the_request) {
+/* check_prog MODE runs to the end for every size. */
+static void expect_clean_runs(const char *mode) {
   for (unsigned i = 0; i < 4; i++) {
     run_t r;
-    run_prog("ok", sizes[i], &r);
+    run_prog(mode, sizes[i], &r);
     cr_assert(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 0,
-              "size %s: status %d, stderr \"%s\"", sizes[i], r.status, r.err);
+              "%s, size %s: status %d, stderr \"%s\"", mode, sizes[i], r.status, r.err);
   }
 }
 
-Test(check_mode, an_overflow_is_reported_with_the_block_and_size) {
+/* check_prog MODE aborts for every size, naming the overflowed block and its size. */
+static void expect_overflow_reports(const char *mode) {
   for (unsigned i = 0; i < 4; i++) {
     run_t r;
-    run_prog("overflow", sizes[i], &r);
+    run_prog(mode, sizes[i], &r);
     char block[64], want[160];
     block_of(&r, block, sizeof block);
     snprintf(want, sizeof want, "hmalloc: free(): buffer overflow after block %s of size %s",
              block, sizes[i]);
     cr_assert(WIFSIGNALED(r.status) && WTERMSIG(r.status) == SIGABRT,
-              "size %s: not aborted; stderr \"%s\"", sizes[i], r.err);
-    cr_assert_not_null(strstr(r.err, want), "size %s: stderr \"%s\", expected \"%s\"",
-                       sizes[i], r.err, want);
+              "%s, size %s: not aborted; stderr \"%s\"", mode, sizes[i], r.err);
+    cr_assert_not_null(strstr(r.err, want), "%s, size %s: stderr \"%s\", expected \"%s\"",
+                       mode, sizes[i], r.err, want);
   }
+}
+
+Test(check_mode, correct_programs_run_and_usable_size_is_the_request) {
+  expect_clean_runs("ok");
+}
+
+Test(check_mode, an_overflow_is_reported_with_the_block_and_size) {
+  expect_overflow_reports("overflow");
 }
 
 /* A block allocated before the library's constructor has run (by another library's
@@ -88,19 +98,8 @@ Test(check_mode, an_overflow_is_reported_with_the_block_and_size) {
  * false overflow report when the first allocation of a small size skipped reading
  * HMALLOC_CHECK. */
 Test(check_mode, a_block_allocated_before_the_constructor_is_checked_too) {
-  for (unsigned i = 0; i < 4; i++) {
-    run_t r;
-    run_prog("early-ok", sizes[i], &r);
-    cr_assert(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 0,
-              "size %s: status %d, stderr \"%s\"", sizes[i], r.status, r.err);
-    run_prog("early-overflow", sizes[i], &r);
-    char block[64], want[160];
-    block_of(&r, block, sizeof block);
-    snprintf(want, sizeof want, "hmalloc: free(): buffer overflow after block %s of size %s",
-             block, sizes[i]);
-    cr_assert_not_null(strstr(r.err, want), "size %s: stderr \"%s\", expected \"%s\"",
-                       sizes[i], r.err, want);
-  }
+  expect_clean_runs("early-ok");
+  expect_overflow_reports("early-overflow");
 }
 
 Test(check_mode, a_write_after_free_is_reported) {
