@@ -20,7 +20,8 @@ void hmi_corrupt_list(void *at) {
   hmi_fatal("hmalloc: heap corruption: free list link of %p overwritten\n", at);
 }
 
-void *hmi_alloc_small_slow(unsigned cls, size_t size) {
+void *hmi_alloc_small_slow(size_t size) {
+  unsigned cls = hmi_class_of[(size + 15) >> 4];
   void *p;
   /* Options first: the process's first allocation lands here (the cache is the empty
    * sentinel), and if it comes before the library constructor (from another library's

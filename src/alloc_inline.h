@@ -12,7 +12,7 @@
 #include "internal.h"
 #include "vg.h"
 
-void *hmi_alloc_small_slow(unsigned cls, size_t size);
+void *hmi_alloc_small_slow(size_t size);
 void *hmi_alloc_big(size_t size);
 void hmi_free_slow(void *p, hm_pmentry_t e, const char *caller);
 void hmi_free_marked(void *p, unsigned cls);
@@ -50,7 +50,7 @@ static inline __attribute__((always_inline)) void *hm_alloc_raw(size_t size) {
       HM_RACY_ADD(tc->stats.class_malloc[cls], 1);
       return p;
     }
-    return hmi_alloc_small_slow(cls, size);
+    return hmi_alloc_small_slow(size); /* not cls: kept live here, it costs a move */
   }
   return hmi_alloc_big(size);
 }
@@ -84,14 +84,8 @@ static inline __attribute__((always_inline)) void hm_free_raw(void *p, const cha
 #endif
       tc->head[cls] = p;
       HM_RACY_ADD(tc->stats.class_free[cls], 1);
-      /* Through a pointer: from tc->space[cls] GCC 12 computes the index apart (one more
-       * instruction per free).  Doing it in memory in one asm instruction (with the sign
-       * flag as the test) saved that one too, but with the compare above it made shuffle
-       * slower in two of four code layouts (1.02 and 1.15 s against 0.91): each alone ran it
-       * in 0.90-0.93 s in all four (7 interleaved runs each). */
-      int32_t *space_p = (int32_t *)((char *)tc + offsetof(hm_tcache_t, space) + (size_t)cls * 4);
-      int32_t space = *space_p - 1;
-      HM_RACY_SET(*space_p, space);
+      int64_t space = tc->space[cls] - 1;
+      HM_RACY_SET(tc->space[cls], space);
       if (HM_LIKELY(space >= 0)) return;
       hmi_tcache_free_slow(p, cls);
       return;

@@ -123,7 +123,7 @@ static uint32_t start_limit(unsigned c) {
 /* Change list c's limit, keeping its count (limit - space).  A stats reader on another
  * thread may see the two words from either side of the change: its count is approximate. */
 static void set_limit(hm_tcache_t *tc, unsigned c, uint32_t limit) {
-  HM_RACY_ADD(tc->space[c], (int32_t)limit - (int32_t)tc->limit[c]);
+  HM_RACY_ADD(tc->space[c], (int64_t)limit - (int64_t)tc->limit[c]);
   HM_RACY_SET(tc->limit[c], limit);
 }
 
@@ -142,7 +142,7 @@ static void setup(hm_tcache_t *tc) {
     tc->head[c] = list;
     uint32_t count = hm_bin_count(tc, c);
     HM_RACY_SET(tc->limit[c], start_limit(c));
-    HM_RACY_SET(tc->space[c], (int32_t)tc->limit[c] - (int32_t)count);
+    HM_RACY_SET(tc->space[c], (int64_t)tc->limit[c] - (int64_t)count);
   }
   tc->list_key = hmi_list_key;
   tc->free_mark = hmi_free_mark;
@@ -175,7 +175,7 @@ void hmi_tcache_sync_hooks(void) {
     if (want) flush(tc, c, hm_bin_count(tc, c));
     uint32_t count = hm_bin_count(tc, c); /* before the limit changes: count = limit - space */
     HM_RACY_SET(tc->limit[c], want ? 0 : start_limit(c));
-    HM_RACY_SET(tc->space[c], (int32_t)tc->limit[c] - (int32_t)count);
+    HM_RACY_SET(tc->space[c], (int64_t)tc->limit[c] - (int64_t)count);
   }
   tc->hooked = want;
 }
@@ -194,7 +194,7 @@ static void flush(hm_tcache_t *tc, unsigned c, uint32_t n) {
     tc->head[c] = hmi_next_checked(last);
     *(void **)last = hmi_link(NULL, last);
   }
-  HM_RACY_ADD(tc->space[c], (int32_t)n);
+  HM_RACY_ADD(tc->space[c], (int64_t)n);
   HM_RACY_ADD(tc->stats.flushes, 1);
   HM_RACY_ADD(tc->stats.class_flush[c], 1);
   /* Only lists of up to two batches go to the transfer cache, where the next refill takes
@@ -316,7 +316,7 @@ void *hmi_tcache_alloc_slow(unsigned cls) {
   void *p = list;
   tc->head[cls] = hmi_next_checked(p);
   ((uintptr_t *)p)[1] = 0;
-  HM_RACY_ADD(tc->space[cls], -(int32_t)(n - 1));
+  HM_RACY_ADD(tc->space[cls], -(int64_t)(n - 1));
   if (n > 1) {
     /* The thread took a whole list of this class: let the list keep one more batch. */
     tc->overflows[cls] = 0;
