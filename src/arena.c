@@ -68,6 +68,15 @@ static inline void verify_header(hm_chunk_t *c, const char *what) {
   if (HM_UNLIKELY(c->check != ccheck(c))) corrupt(what, c);
 }
 
+/* The free chunk before c, found by its footer (c's previous-in-use bit is clear).  The size
+ * is checked as a distance within seg: a forged one above c's address would otherwise wrap
+ * round to an address above the segment. */
+static hm_chunk_t *prev_by_footer(const hm_segment_t *seg, hm_chunk_t *c, const char *what) {
+  size_t psize = *((size_t *)c - 1);
+  if (HM_UNLIKELY(psize < HM_CHUNK_MIN || psize > (uintptr_t)c - seg->start)) corrupt(what, c);
+  return cat((uintptr_t)c - psize);
+}
+
 /* ---- bins ---- */
 static inline void mapping(size_t size, unsigned *fl, unsigned *sl) {
   unsigned f = 63u - (unsigned)__builtin_clzl(size);
@@ -286,7 +295,7 @@ static bool grow_brk(hm_arena_t *a, size_t need) {
     HM_RACY_SET(top->end, end);
     size_t size = end - HM_CHUNK_HEADER - (uintptr_t)c;
     if (!prev_inuse) { /* merge with the free chunk before the old sentinel */
-      hm_chunk_t *p = cat((uintptr_t)c - *((size_t *)c - 1));
+      hm_chunk_t *p = prev_by_footer(top, c, "bad footer before heap top");
       verify_header(p, "bad footer before heap top");
       bin_remove(a, p);
       size += csize(p);
@@ -480,10 +489,8 @@ void hmi_arena_free(void *p, hm_segment_t *seg) {
   }
   bool prev_inuse = cprev_inuse(c);
   if (!prev_inuse) {
-    size_t psize = *((size_t *)c - 1);
-    hm_chunk_t *prev = cat((uintptr_t)c - psize);
-    if (HM_UNLIKELY(psize < HM_CHUNK_MIN || (uintptr_t)prev < seg->start))
-      corrupt("bad footer before chunk", c);
+    hm_chunk_t *prev = prev_by_footer(seg, c, "bad footer before chunk");
+    size_t psize = (uintptr_t)c - (uintptr_t)prev;
     verify_header(prev, "bad previous chunk header");
     if (HM_UNLIKELY(csize(prev) != psize || cinuse(prev))) corrupt("footer mismatch", c);
     bin_remove(a, prev);

@@ -1,13 +1,17 @@
-/* misuse.c - invalid and double frees must abort with hmalloc's one-line message.
+/* misuse.c - invalid and double frees, and writes that damage hmalloc's data in user memory,
+ * must abort with hmalloc's one-line message.
  *
  * Linked with the whole of libhmalloc.a, so free and realloc here ARE hmalloc.  Every test
  * first runs the misuse in a forked child whose stderr is a pipe, and checks that the child
  * died of SIGABRT after writing exactly one line:
  *     hmalloc: free(): invalid pointer 0x...      (realloc: "realloc(): invalid pointer")
  *     hmalloc: free(): double free 0x...
- * naming the pointer passed.  Then it commits the same misuse itself, so Criterion sees the
+ *     hmalloc: heap corruption: free list link of 0x... overwritten
+ *     hmalloc: heap corruption: <what> at 0x...   (a medium chunk's boundary tags)
+ * naming the pointer passed (or the damaged chunk).  Then it commits the same misuse itself, so Criterion sees the
  * SIGABRT it expects (.signal = SIGABRT). */
 #include <errno.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <semaphore.h>
 #include <signal.h>
@@ -35,7 +39,8 @@ typedef void (*misuse_fn)(void *arg);
 
 /* Run fn(arg) in a child with stderr on a pipe; check it dies of SIGABRT after writing
  * exactly `<prefix><pointer>\n` where pointer is the value `ptr`. */
-static void expect_abort_message(misuse_fn fn, void *arg, const char *prefix, void *ptr) {
+static void expect_abort_message(misuse_fn fn, void *arg, const char *prefix, void *ptr,
+                                 const char *suffix) {
   int fds[2];
   cr_assert_eq(pipe(fds), 0);
   fflush(NULL);
@@ -68,7 +73,7 @@ static void expect_abort_message(misuse_fn fn, void *arg, const char *prefix, vo
             WIFSIGNALED(st) ? "signal" : "exit code",
             WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st), out);
   char want[256];
-  snprintf(want, sizeof want, "%s%p\n", prefix, ptr);
+  snprintf(want, sizeof want, "%s%p%s\n", prefix, ptr, suffix);
   cr_assert_str_eq(out, want, "stderr was \"%s\", expected \"%s\"", out, want);
 }
 
@@ -87,7 +92,7 @@ static void do_double_free(void *p) {
 #define MISUSE(fn, prefix, p)                                                               \
   do {                                                                                      \
     void *p_ = (p);                                                                         \
-    expect_abort_message(fn, p_, prefix, p_);                                               \
+    expect_abort_message(fn, p_, prefix, p_, "");                                           \
     fn(p_);                                                                                 \
   } while (0)
 #define INVALID_FREE(p) MISUSE(do_free, "hmalloc: free(): invalid pointer ", p)
@@ -225,4 +230,82 @@ Test(misuse, double_free_small_across_threads, .signal = SIGABRT) {
 Test(misuse, double_free_medium_across_threads, .signal = SIGABRT) {
   free(malloc(SMALL));
   MISUSE(do_cross_thread_double_free, "hmalloc: free(): double free ", tiered_block(MEDIUM));
+}
+
+/* ---- heap corruption: damage to hmalloc's data in user memory is reported, not followed ----
+ * As above: the report is checked in a child, then the test process aborts the same way. */
+#define CORRUPTION(fn, arg, what, at)                                                       \
+  do {                                                                                      \
+    expect_abort_message(fn, (arg), "hmalloc: heap corruption: " what " at ", (at), "");    \
+    fn(arg);                                                                                \
+  } while (0)
+
+/* A write after free that changes a freed small block's link (safe-linking, internal.h):
+ * the next malloc of its class pops the block and finds the decoded link misaligned.  One
+ * flipped low bit always does that; arbitrary data does 15 times in 16. */
+static void do_write_after_free_to_link(void *p) {
+  free(launder(p));
+  ((volatile uintptr_t *)p)[0] ^= 1;
+  void *q = malloc(SMALL);
+  (void)q;
+}
+Test(misuse, write_after_free_to_a_small_link, .signal = SIGABRT) {
+  free(malloc(SMALL)); /* this thread's cache is set up: the freed block stays in it */
+  void *p = tiered_block(SMALL);
+  expect_abort_message(do_write_after_free_to_link, p,
+                       "hmalloc: heap corruption: free list link of ", p, " overwritten");
+  do_write_after_free_to_link(p);
+}
+
+/* Medium blocks aligned above 16 bytes are not of a medium class size, so their free goes
+ * to the arena at once (no per-thread medium cache), where it merges with free neighbours. */
+static void *aligned_medium(void) {
+  void *p = NULL;
+  cr_assert_eq(posix_memalign(&p, 64, MEDIUM), 0);
+  return p;
+}
+
+/* Three aligned medium blocks; the third keeps the second off the heap's top.  Between
+ * the first and the second there may be a free chunk left by the alignment. */
+static void *medium_pair(void **second) {
+  void *a = aligned_medium(), *b = aligned_medium(), *c = aligned_medium();
+  cr_assert_lt((char *)a, (char *)b);
+  (void)c;
+  *second = b;
+  return a;
+}
+
+/* An overflow past a medium block over the next chunk's header: the free that would merge
+ * with that chunk reports it instead of reading its size. */
+static void do_overflow_over_next_header(void *a) {
+  memset((char *)a + malloc_usable_size(a), 0x41, 16);
+  free(launder(a));
+}
+Test(misuse, overflow_over_the_next_medium_header, .signal = SIGABRT) {
+  void *b, *a = medium_pair(&b);
+  CORRUPTION(do_overflow_over_next_header, a, "bad next chunk header",
+             (char *)a + malloc_usable_size(a));
+}
+
+/* A write just below a medium block, over the footer (last word) of the free chunk before
+ * it (the first block, freed, with any alignment gap): the free that would merge with that
+ * chunk reports the forged size. */
+static size_t forged_size;
+static void do_forge_prev_footer(void *b) {
+  ((volatile size_t *)b)[-3] = forged_size;
+  free(launder(b));
+}
+/* A size reaching below the address space's start, which wraps round to a huge address. */
+Test(misuse, forged_footer_wrapping_below_zero, .signal = SIGABRT) {
+  void *b, *a = medium_pair(&b);
+  free(a);
+  forged_size = ((size_t)1 << 63) | 16;
+  CORRUPTION(do_forge_prev_footer, b, "bad footer before chunk", (char *)b - 16);
+}
+/* A size pointing into the free chunk's body, where no header is. */
+Test(misuse, forged_footer_into_a_chunk_body, .signal = SIGABRT) {
+  void *b, *a = medium_pair(&b);
+  free(a);
+  forged_size = 4096;
+  CORRUPTION(do_forge_prev_footer, b, "bad previous chunk header", (char *)b - 16 - 4096);
 }
