@@ -118,3 +118,21 @@ Test(check_mode, a_write_after_free_is_reported) {
   cr_assert(WIFSIGNALED(r.status) && WTERMSIG(r.status) == SIGSEGV,
             "large: expected a fault, status %d", r.status);
 }
+
+/* A large block is followed by an inaccessible page: an overrun faults on the first byte of
+ * the page after the block's end (its canary included), not further on.  (Without the guard
+ * a large mapping usually has another right after it, and the writes would go on.) */
+Test(check_mode, an_overrun_of_a_large_block_faults_on_its_guard_page) {
+  run_t r;
+  run_prog("overrun", "300000", &r);
+  cr_assert(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 77,
+            "expected the fault handler's exit, status %d; stderr \"%s\"", r.status, r.err);
+  char block[64];
+  block_of(&r, block, sizeof block);
+  unsigned long long at = strtoull(block, NULL, 16);
+  const char *f = strstr(r.err, "fault at block+");
+  cr_assert_not_null(f, "stderr \"%s\"", r.err);
+  unsigned long long off = strtoull(f + strlen("fault at block+"), NULL, 10);
+  cr_assert(off >= 300000 && off < 300000 + 16 + 4096, "fault at offset %llu", off);
+  cr_assert_eq((at + off) % 4096, 0, "fault at offset %llu, not on a page boundary", off);
+}

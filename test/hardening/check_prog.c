@@ -5,14 +5,18 @@
  *   overflow  write one byte past SIZE, then free (expects an abort naming the block)
  *   uaf       free, then write into the freed block, then malloc_trim and allocate again
  *             (expects an abort: "write after free")
+ *   overrun   write bytes past SIZE one after the other, for three pages: a large block's guard
+ *             page must stop it at once (prints "fault at block+OFFSET", exits 77)
  *   early-MODE   MODE on a block allocated by a constructor that runs before the library's
  *             own (priority 101), as another library's constructor may: the process's first
  *             allocation must already be made in checking mode */
 #include <malloc.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static void *launder(void *p) {
   void *volatile v = p;
@@ -20,6 +24,16 @@ static void *launder(void *p) {
 }
 
 static unsigned char *early_block;
+
+static unsigned char *overrun_block;
+static void report_fault(int sig, siginfo_t *info, void *context) {
+  (void)sig, (void)context;
+  char line[64];
+  int len = snprintf(line, sizeof line, "fault at block+%zu\n",
+                     (size_t)((unsigned char *)info->si_addr - overrun_block));
+  if (write(2, line, (size_t)len) < 0) _exit(78);
+  _exit(77);
+}
 
 /* glibc passes main's arguments to constructors. */
 __attribute__((constructor(101))) static void allocate_early(int argc, char **argv) {
@@ -53,6 +67,14 @@ int main(int argc, char **argv) {
     fprintf(stderr, "block %p\n", (void *)p);
     p[n] = 0x7f;
     free(p);
+    return 0;
+  }
+  if (strcmp(argv[1], "overrun") == 0) {
+    overrun_block = p;
+    struct sigaction sa = {.sa_sigaction = report_fault, .sa_flags = SA_SIGINFO};
+    sigaction(SIGSEGV, &sa, NULL);
+    fprintf(stderr, "block %p\n", (void *)p);
+    for (size_t i = n; i < n + 3 * 4096; i++) ((volatile unsigned char *)p)[i] = 0x7f;
     return 0;
   }
   if (strcmp(argv[1], "uaf") == 0) {
