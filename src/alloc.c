@@ -21,7 +21,7 @@ void hmi_corrupt_list(void *at) {
 }
 
 void *hmi_alloc_small_slow(size_t size) {
-  unsigned cls = hmi_class_of[(size + 15) >> 4];
+  unsigned cls = hmi_size_class(size);
   void *p;
   /* Options first: the process's first allocation lands here (the cache is the empty
    * sentinel), and if it comes before the library constructor (from another library's
