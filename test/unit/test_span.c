@@ -189,6 +189,68 @@ static void *cap_breach_body(void *arg) {
 
 Test(span, cap_breach_halves_the_biggest_list_first) { run_on_thread(cap_breach_body); }
 
+/* One breach can halve several lists, and one list more than once; the halvings are made
+ * together (flush_cuts walks the lists at once) and must come to what halving the biggest list
+ * again and again gives: each list keeps its oldest objects, each halving is one flush. */
+static void *cap_breach_cuts_body(void *arg) {
+  (void)arg;
+  hm_tcache_t *tc = cache_with_cap(64 << 10);
+  unsigned a = hmi_size_class(2048), b = hmi_size_class(1024), c64 = hmi_size_class(64);
+  static void *pa[20], *pb[30];
+  for (int i = 0; i < 20; i++) pa[i] = malloc(2048);
+  for (int i = 0; i < 30; i++) pb[i] = malloc(1024);
+  for (int i = 0; i < 20; i++) free(pa[i]);
+  for (int i = 0; i < 30; i++) free(pb[i]); /* more than the cap now: no slow path yet */
+  uint32_t before[HM_CLASSES];
+  uint64_t flushes[HM_CLASSES];
+  for (unsigned c = 0; c < HM_CLASSES; c++) {
+    before[c] = hm_bin_count(tc, c);
+    flushes[c] = tc->stats.class_flush[c];
+  }
+  cr_assert_gt(small_cached_bytes(tc), tc->bytes_cap);
+  free(malloc(64)); /* a refill: the slow path checks the cap */
+  before[c64] = hm_bin_count(tc, c64) - 1; /* at the check: the refill less the object taken */
+  /* the rule: halve the list holding the most bytes until the lists hold half the cap */
+  uint32_t left[HM_CLASSES], cuts[HM_CLASSES] = {0};
+  size_t bytes = 0;
+  for (unsigned c = 0; c < HM_CLASSES; c++) {
+    left[c] = before[c];
+    bytes += (size_t)left[c] * hmi_class_size[c];
+  }
+  while (bytes > tc->bytes_cap / 2) {
+    unsigned pick = 0;
+    for (unsigned c = 1; c < HM_CLASSES; c++)
+      if ((size_t)left[c] * hmi_class_size[c] > (size_t)left[pick] * hmi_class_size[pick]) pick = c;
+    uint32_t n = (left[pick] + 1) / 2;
+    left[pick] -= n;
+    cuts[pick]++;
+    bytes -= (size_t)n * hmi_class_size[pick];
+  }
+  cr_assert_geq(cuts[a], 2, "the 2048-byte list is halved twice in this breach");
+  cr_assert_geq(cuts[b], 1);
+  for (unsigned c = 0; c < HM_CLASSES; c++) {
+    if (c == c64) continue;
+    cr_assert_eq(hm_bin_count(tc, c), left[c], "class %u: %u objects, want %u", c,
+                 hm_bin_count(tc, c), left[c]);
+    cr_assert_eq(tc->stats.class_flush[c] - flushes[c], cuts[c], "class %u: one flush a halving", c);
+  }
+  /* the objects freed last went first: what the 2048-byte list keeps is none of them, each
+   * object once */
+  uint32_t gone = before[a] - left[a], seen = 0;
+  void *kept[64];
+  for (void *q = tc->head[a]; q != NULL; q = hmi_next_checked(q)) {
+    cr_assert_lt(seen, 64);
+    for (uint32_t i = 0; i < seen; i++) cr_assert_neq(kept[i], q, "object %p twice", q);
+    for (uint32_t i = 0; i < gone && i < 20; i++)
+      cr_assert_neq(q, pa[19 - i], "object %p, freed last, is still cached", q);
+    kept[seen++] = q;
+  }
+  cr_assert_eq(seen, left[a]);
+  return NULL;
+}
+
+Test(span, cap_breach_halves_lists_together_as_one_by_one) { run_on_thread(cap_breach_cuts_body); }
+
 /* The cap grows by a start cap when a list it halved is refilled before that list overflowed
  * on its own (the thread goes round more than the cap lets it keep), up to the maximum; a list
  * that overflows first takes back the evidence. */
