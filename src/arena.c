@@ -537,6 +537,12 @@ bool hmi_arena_resize(void *p, hm_segment_t *seg, size_t size) {
   hm_chunk_t *c = hmi_arena_chunk_of(p, seg);
   if (c == NULL || !cinuse(c)) { hm_unlock(&a->lock); hmi_invalid_pointer("realloc", p); }
   size_t old = csize(c);
+  /* A block resized once is likely to be resized again the same way (a buffer grown by
+   * appends): it keeps up to a quarter of its size as headroom, so the next appends fit in
+   * place.  Trimmed to the exact size, as it was, its freed tail went to the next malloc
+   * that fit, and realloc_heavy moved (copied) 64k medium buffers, 1.6 GB.  A shrink by
+   * more than that quarter gives the rest back as before. */
+  size_t keep = need + need / 4 < need ? need : hm_align_up(need + need / 4, HM_ALIGN);
   bool ok = true;
   if (need > old) {
     hm_chunk_t *next = cnext(c);
@@ -551,7 +557,7 @@ bool hmi_arena_resize(void *p, hm_segment_t *seg, size_t size) {
     }
   }
   if (ok) {
-    split_tail(a, c, need);
+    if (csize(c) > keep) split_tail(a, c, keep);
     HM_RACY_ADD(a->in_use, csize(c) - old);
   }
   hm_unlock(&a->lock);
