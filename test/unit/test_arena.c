@@ -157,15 +157,23 @@ static void aligned_hole_reused(hm_fit_t fit, unsigned index) {
 Test(arena, aligned_hole_reused_best_fit) { aligned_hole_reused(HM_FIT_BEST, 0); }
 Test(arena, aligned_hole_reused_first_fit) { aligned_hole_reused(HM_FIT_FIRST, 1); }
 
-Test(arena, resize_grows_into_free_neighbour_and_shrinks_in_place) {
+/* In a fresh arena of that index: a block a of 8000 bytes filled with 7s, then b of 8000
+ * bytes right after it, then a small guard block (so that nothing after b is free). */
+static char *block_with_neighbour(hm_arena_t *arena, unsigned index, void **b, void **guard) {
   hmi_ensure_init();
-  static hm_arena_t arena;
-  hmi_arena_init(&arena, 9, false);
-  char *a = hmi_arena_alloc(&arena, 8000, 16);
-  void *b = hmi_arena_alloc(&arena, 8000, 16);
-  void *guard = hmi_arena_alloc(&arena, 100, 16);
-  hm_segment_t *seg = seg_of(a);
+  hmi_arena_init(arena, index, false);
+  char *a = hmi_arena_alloc(arena, 8000, 16);
+  *b = hmi_arena_alloc(arena, 8000, 16);
+  *guard = hmi_arena_alloc(arena, 100, 16);
   memset(a, 7, 8000);
+  return a;
+}
+
+Test(arena, resize_grows_into_free_neighbour_and_shrinks_in_place) {
+  static hm_arena_t arena;
+  void *b, *guard;
+  char *a = block_with_neighbour(&arena, 9, &b, &guard);
+  hm_segment_t *seg = seg_of(a);
   cr_assert_not(hmi_arena_resize(a, seg, 12000), "neighbour in use: cannot grow");
   hmi_arena_free(b, seg);
   cr_assert(hmi_arena_resize(a, seg, 15000));
@@ -184,14 +192,10 @@ Test(arena, resize_grows_into_free_neighbour_and_shrinks_in_place) {
  * in place even when the memory after it was taken meanwhile.  Trimmed to the exact size,
  * its tail went to the next allocation that fit and the next append had to move it. */
 Test(arena, resize_keeps_headroom_for_the_next_growth) {
-  hmi_ensure_init();
   static hm_arena_t arena;
-  hmi_arena_init(&arena, 10, false);
-  char *a = hmi_arena_alloc(&arena, 8000, 16);
-  void *b = hmi_arena_alloc(&arena, 8000, 16);
-  void *guard = hmi_arena_alloc(&arena, 100, 16);
+  void *b, *guard;
+  char *a = block_with_neighbour(&arena, 10, &b, &guard);
   hm_segment_t *seg = seg_of(a);
-  memset(a, 7, 8000);
   hmi_arena_free(b, seg);
   cr_assert(hmi_arena_resize(a, seg, 9000), "grows into the free neighbour");
   cr_assert_geq(hmi_arena_usable(a), 9000 + 9000 / 4 - 16);
