@@ -542,7 +542,7 @@ bool hmi_arena_resize(void *p, hm_segment_t *seg, size_t size) {
    * place.  Trimmed to the exact size, as it was, its freed tail went to the next malloc
    * that fit, and realloc_heavy moved (copied) 64k medium buffers, 1.6 GB.  A shrink by
    * more than that quarter gives the rest back as before. */
-  size_t keep = need + need / 4 < need ? need : hm_align_up(need + need / 4, HM_ALIGN);
+  size_t keep = hm_align_up(need + need / 4, HM_ALIGN); /* size <= 2^46: no overflow */
   bool ok = true;
   if (need > old) {
     hm_chunk_t *next = cnext(c);

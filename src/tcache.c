@@ -232,7 +232,8 @@ static size_t cached_bytes(const hm_tcache_t *tc) {
   return bytes;
 }
 
-/* The pieces enforce_cap cuts off the front of one list, in order: each halving cuts one. */
+/* The pieces enforce_cap cuts off the front of one list, in order: each halving cuts one.
+ * A list of at most 2^24 objects is empty after 24 halvings. */
 enum { CUTS_MAX = 24 };
 typedef struct {
   uint32_t n[CUTS_MAX]; /* objects in each piece */
