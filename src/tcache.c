@@ -233,7 +233,7 @@ static size_t cached_bytes(const hm_tcache_t *tc) {
 }
 
 /* The pieces enforce_cap cuts off the front of one list, in order: each halving cuts one.
- * A list of at most 2^24 objects is empty after 24 halvings. */
+ * A list holds at most 1024 objects (class_limit), which 11 halvings empty: 24 is ample. */
 enum { CUTS_MAX = 24 };
 typedef struct {
   uint32_t n[CUTS_MAX]; /* objects in each piece */
