@@ -36,7 +36,7 @@
 #define HM_PAGE ((size_t)1 << HM_PAGE_SHIFT)
 #define HM_ALIGN 16                     /* every pointer handed out is 16-byte aligned */
 #define HM_SMALL_MAX 4096               /* largest small-tier request */
-#define HM_CLASSES 48                   /* number of small size classes */
+#define HM_CLASSES 51                   /* number of small size classes */
 #define HM_SPAN_SIZE ((size_t)64 << 10) /* bytes of objects in one span */
 #define HM_SPAN_PAGES (HM_SPAN_SIZE >> HM_PAGE_SHIFT)
 #define HM_LARGE_HEADER 256             /* bytes before a large block's user pointer */
