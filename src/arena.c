@@ -330,6 +330,11 @@ static bool grow_brk(hm_arena_t *a, size_t need) {
   return true;
 }
 
+/* A growth that takes the arena past the most it ever mapped is memory the program wants in
+ * the heap now: the large tier gives back as much of what it keeps idle (freed mappings,
+ * still resident), so that the footprint moves rather than adds up (hmi_large_cache_release).
+ * Only past the high mark: doing it at every growth took the large case, whose heap trims
+ * and regrows in turn, 2.2x the time. */
 static bool grow(hm_arena_t *a, size_t need) {
   bool ok = false;
   if (a->use_brk && !a->brk_failed) {
@@ -337,6 +342,12 @@ static bool grow(hm_arena_t *a, size_t need) {
     if (!ok) a->brk_failed = 1; /* from now on: mmap'ed segments */
   }
   if (!ok) ok = grow_mmap(a, need);
+  if (ok && a->mapped > a->mapped_high) {
+    size_t beyond = a->mapped - a->mapped_high;
+    a->mapped_high = a->mapped;
+    if (__atomic_load_n(&hmi_large_cached_bytes, __ATOMIC_RELAXED) != 0)
+      hmi_large_cache_release(beyond); /* lock order: arena, then large (as fork_prepare) */
+  }
   return ok;
 }
 

@@ -221,6 +221,7 @@ extern size_t hmi_large_usable_bytes;                 /* under hmi_large_lock */
 extern size_t hmi_large_cached_bytes;                 /* freed mappings kept for reuse */
 extern uint64_t hmi_large_maps, hmi_large_unmaps;     /* atomic */
 bool hmi_large_cache_flush(void);
+void hmi_large_cache_release(size_t bytes);
 void hmi_large_idle_tick(void); /* unmaps kept mappings after a second without large calls */
 /* A large block whose memory is known to be zero (a fresh mapping). */
 static inline bool hmi_large_fresh(const hm_large_t *h) { return !h->recycled; }

@@ -28,6 +28,7 @@ static hm_large_t *live; /* list of live blocks, for the checker and reports */
 static size_t live_peak;  /* decaying maximum of hmi_large_bytes (cache_bound) */
 
 static size_t vma_cuts; /* cuts recorded in live blocks and kept mappings (VMAs added) */
+static size_t heap_growth; /* medium heap growth since the last large malloc (hmi_large_cache_release) */
 
 /* Link h as live; true if that takes the tier's live bytes above their highest since the
  * last hm_stats_reset_peaks. */
@@ -35,6 +36,7 @@ static bool link_live(hm_large_t *h) {
   bool new_high = false;
   hm_lock(&hmi_large_lock);
   vma_cuts += h->vmas.n;
+  heap_growth = 0; /* the cache is serving a program that still asks for large blocks */
   h->prev = NULL;
   h->next = live;
   if (live) live->prev = h;
@@ -336,6 +338,37 @@ void hmi_large_idle_tick(void) {
   if (__atomic_load_n(&hmi_large_cached_bytes, __ATOMIC_RELAXED) == 0) return;
   if (coarse_ns() - __atomic_load_n(&last_activity, __ATOMIC_RELAXED) >= IDLE_NS)
     hmi_large_cache_flush();
+}
+
+/* The medium heap has grown by `bytes` past the most it ever mapped: memory the program now
+ * wants in the heap should not come on top of large blocks it freed and the cache keeps.
+ * Growth is counted up from the last large malloc (no further than what is kept), and each
+ * time it covers the smallest kept mapping, that mapping is unmapped: sqlite3 frees a 2 MiB
+ * buffer, then sorts in the heap, and kept, the buffer was 2 MB of its peak RSS.  Unmapping
+ * the oldest mapping at every such growth dropped 16 MiB mappings for 200 KB of heap in the
+ * large case (0.187 -> 0.205 s); counting growth across large mallocs too still took it from
+ * 145 to 148.6 MB (its cache refilled with fresh mappings). */
+void hmi_large_cache_release(size_t bytes) {
+  for (;;) {
+    uintptr_t map = 0;
+    size_t size = 0;
+    hm_lock(&hmi_large_lock);
+    heap_growth += bytes;
+    bytes = 0;
+    if (heap_growth > hmi_large_cached_bytes) heap_growth = hmi_large_cached_bytes;
+    int smallest = -1;
+    FOR_EACH_KEPT(i) {
+      if (smallest < 0 || cache[i].size < cache[smallest].size) smallest = (int)i;
+    }
+    hm_vmas_t unused;
+    if (smallest >= 0 && cache[smallest].size <= heap_growth) {
+      map = slot_take((uint64_t)smallest, &size, &unused);
+      heap_growth -= size;
+    }
+    hm_unlock(&hmi_large_lock);
+    if (map == 0) return;
+    large_munmap((void *)map, size);
+  }
 }
 
 /* malloc_trim: unmap every cached mapping, and forget the peak the cache was bounded by

@@ -486,3 +486,43 @@ Test(large, kept_mapping_up_to_twice_the_request_is_handed_out_whole) {
   cr_expect_eq(hm_heap_check(), 0);
   free(s);
 }
+
+/* Medium blocks of 64 KiB, `n` of them, kept in m[] (the heap grows by about n * 64 KiB). */
+static void medium_blocks(void **m, int n) {
+  for (int i = 0; i < n; i++) {
+    m[i] = malloc(64 << 10);
+    cr_assert_not_null(m[i]);
+    memset(m[i], 2, 64 << 10);
+  }
+}
+
+/* sqlite3 frees a 2 MiB buffer, then sorts in the heap: the heap growing past the most it
+ * ever mapped unmaps the kept mapping, so the footprint moves rather than adds up. */
+Test(large, heap_growth_past_its_high_mark_unmaps_kept_mappings) {
+  hmi_ensure_init();
+  char *p = malloc(1 << 20);
+  memset(p, 1, 1 << 20);
+  free(p);
+  cr_assert(mapped(p), "a freed mapping is kept for reuse");
+  void *m[48];
+  medium_blocks(m, 48);
+  cr_assert_eq(hmi_large_cached_bytes, 0);
+  cr_assert_not(mapped(p), "3 MiB of new heap unmapped the kept 1 MiB mapping");
+  for (int i = 0; i < 48; i++) free(m[i]);
+}
+
+/* A heap that trims and regrows below its high mark (the large case) keeps the cache. */
+Test(large, heap_regrowth_below_its_high_mark_keeps_kept_mappings) {
+  hmi_ensure_init();
+  void *m[48];
+  medium_blocks(m, 48);
+  for (int i = 48; i-- > 0;) free(m[i]);
+  malloc_trim(0);
+  char *p = malloc(1 << 20);
+  memset(p, 1, 1 << 20);
+  free(p);
+  medium_blocks(m, 32);
+  cr_assert(mapped(p), "regrowth below the high mark kept the mapping");
+  cr_assert_geq(hmi_large_cached_bytes, 1 << 20);
+  for (int i = 0; i < 32; i++) free(m[i]);
+}
