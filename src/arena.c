@@ -740,7 +740,7 @@ hm_arena_t *hmi_arena_pick(void) {
  * after another reuses the arena (and the free memory) of those that exited, as glibc does,
  * instead of spreading over every arena: thread_churn (2 threads at a time, 12,000 in all)
  * peaked at 7.6 MB RSS with round-robin and at 5.5 MB with this (glibc 2.4 MB; the rest is
- * mostly a 64 KiB span for each of the 48 classes), in the same time.  No lock: the count of
+ * mostly a 64 KiB span for each of the (then 48) classes), in the same time.  No lock: the count of
  * the arena picked is bumped by compare-and-swap, so threads starting together cannot all
  * pile onto the same one. */
 static unsigned arena_threads[HM_MAX_ARENAS]; /* live threads using each arena */
