@@ -28,7 +28,7 @@ static hm_large_t *live; /* list of live blocks, for the checker and reports */
 static size_t live_peak;  /* decaying maximum of hmi_large_bytes (cache_bound) */
 
 static size_t vma_cuts; /* cuts recorded in live blocks and kept mappings (VMAs added) */
-static size_t heap_growth; /* medium heap growth since the last large malloc (hmi_large_cache_release) */
+static size_t heap_growth; /* heap growth since the last large malloc (hmi_large_cache_release) */
 
 /* Link h as live; true if that takes the tier's live bytes above their highest since the
  * last hm_stats_reset_peaks. */

@@ -7,8 +7,9 @@
  * for a power of two and a small header: sqlite3 keeps 16k blocks of 1032 bytes (1024 + 8),
  * which rounded to 1152 took 1.9 MB of its 46 MB peak RSS (45.8 -> 43.9 MB with these;
  * alloc_test, xmalloc, churn, thread_churn, shuffle, fragment, python3 and gcc unchanged, 5
- * interleaved runs).  Invariant: hmi_class_size is strictly increasing, every size is a multiple of 16,
- * and hmi_size_class(n) is the smallest class whose size is >= n.
+ * interleaved runs).
+ * Invariant: hmi_class_size is strictly increasing, every size is a multiple of 16, and
+ * hmi_size_class(n) is the smallest class whose size is >= n.
  *
  * Object index without a division: write size = d * 2^k with d odd, and let minv be the
  * inverse of d modulo 2^32.  For an offset that is a multiple of size, (offset * minv) rotated

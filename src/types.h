@@ -221,7 +221,7 @@ typedef struct hm_arena_s {
   hm_segment_t *spare;  /* an entirely free mmap'ed segment kept against churn, or NULL */
   /* counters */
   size_t mapped;        /* bytes of all segments */
-  size_t mapped_high;   /* the most mapped has been (grow) */
+  size_t mapped_high;   /* the most bytes it ever had mapped (grow) */
   size_t free_bytes;    /* bytes in free chunks */
   size_t free_chunks;
   size_t in_use;        /* bytes in in-use chunks (spans included), headers included */
