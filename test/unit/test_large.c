@@ -426,6 +426,67 @@ Test(large, big_growth_moves_into_a_kept_mapping) {
   free(q);
 }
 
+/* Makes sure block p (usable bytes from p) cannot grow in place: the page after its mapping is
+ * taken, by a mapping of this test's own unless something is there already. */
+static void *block_the_page_after(char *p, size_t usable) {
+  void *after = (void *)hm_align_up((uintptr_t)p + usable, HM_PAGE);
+  void *m = mmap(after, HM_PAGE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE,
+                 -1, 0);
+  return m == after ? m : NULL;
+}
+
+/* A block below COPY_GROWTH_MAX that cannot grow in place, while the cache keeps enough for
+ * it, is copied into kept memory (resident) instead of being moved by mremap and growing
+ * into fresh pages; its own mapping is kept in turn. */
+Test(large, growth_that_cannot_stay_in_place_copies_into_kept_memory) {
+  hmi_ensure_init();
+  malloc_trim(0);
+  const size_t KiB = 1024, MiB = 1 << 20;
+  char *k = malloc(2 * MiB);
+  char *p = malloc(300 * KiB); /* a mapping of its own: the cache is empty */
+  cr_assert(k && p);
+  memset(k, 1, 2 * MiB);
+  memset(p, 2, 300 * KiB);
+  void *blocker = block_the_page_after(p, malloc_usable_size(p));
+  free(k); /* kept, resident */
+  uint64_t maps = hmi_large_maps;
+  long before = minor_faults();
+  char *q = realloc(p, 400 * KiB); /* a third more: not enough for the rule above */
+  cr_assert_not_null(q);
+  memset(q + 300 * KiB, 3, 100 * KiB);
+  long faults = minor_faults() - before;
+  cr_expect_eq(q, k, "copied into the kept mapping");
+  cr_expect_eq(hmi_large_maps, maps, "no mmap");
+  cr_expect_lt(faults, 16, "%ld page faults touching the grown block", faults);
+  cr_expect(mapped(p), "the old mapping is kept");
+  for (size_t i = 0; i < 300 * KiB; i += 4096) cr_assert_eq(q[i], 2, "byte %zu lost", i);
+  cr_expect_eq(hm_heap_check(), 0);
+  free(q);
+  if (blocker) munmap(blocker, HM_PAGE);
+}
+
+/* With nothing kept, the same growth moves the block's pages by mremap (no copy into a fresh
+ * mapping, which would fault as much and copy too) and keeps nothing behind. */
+Test(large, growth_that_cannot_stay_in_place_moves_when_nothing_is_kept) {
+  hmi_ensure_init();
+  malloc_trim(0);
+  const size_t KiB = 1024;
+  char *p = malloc(300 * KiB);
+  cr_assert_not_null(p);
+  memset(p, 2, 300 * KiB);
+  void *blocker = block_the_page_after(p, malloc_usable_size(p));
+  cr_assert_eq(hmi_large_cached_bytes, 0);
+  uint64_t remaps = hmi_os_mremap_calls;
+  char *q = realloc(p, 400 * KiB);
+  cr_assert_not_null(q);
+  cr_expect_eq(hmi_os_mremap_calls, remaps + 2, "a failed mremap in place, then a move");
+  cr_expect_eq(hmi_large_cached_bytes, 0, "the pages moved: nothing is kept");
+  for (size_t i = 0; i < 300 * KiB; i += 4096) cr_assert_eq(q[i], 2, "byte %zu lost", i);
+  cr_expect_eq(hm_heap_check(), 0);
+  free(q);
+  if (blocker) munmap(blocker, HM_PAGE);
+}
+
 /* At least 256 refills of this thread's cache: 40,000 16-byte blocks taken, then freed. */
 static void small_refills(void) {
   enum { N = 40000 };
