@@ -255,7 +255,7 @@ typedef struct {
 /* Give back the pieces cuts[c] of every list c, as that many flushes would, but walking up to
  * WALKS lists at once.  Cut from a list that has run a thread's frees through a big heap,
  * nearly every link is a cache and TLB miss, and a walk meets them one after another: the
- * walks interleaved, WALKS misses are in flight at once (see hmi_span_take).  On shuffle,
+ * walks interleaved, WALKS misses are in flight at once.  On shuffle,
  * where each breach of the cap halves about 27 lists and these walks meet 2.4 million links
  * (about one per object freed), the walks went from 5.2% of the samples to 2.7% and the run
  * took 0.98x the time (9-11 interleaved runs; 4 or 16 walks at once within 1% of 8); part of

@@ -79,7 +79,6 @@ typedef uintptr_t hm_pmentry_t;
 typedef struct hm_span_s {
   struct hm_span_s *next, *prev; /* in the class's list of spans with free slots */
   uintptr_t start;               /* address of object 0 (page aligned) */
-  void *free_list;               /* returned objects, linked through their first word */
   /* Objects [0, bump) have been handed out at least once.  64 bits: free compares a 64-bit
    * object index with it straight from memory (one instruction less than widening it). */
   uint64_t bump;
@@ -88,8 +87,12 @@ typedef struct hm_span_s {
   uint16_t cls;                  /* size class */
   uint8_t listed;                /* on the class's partial list */
   uint8_t shift;                 /* hmi_class_shift[cls], kept here for free's fast path */
+  uint32_t map_from;             /* free_map words below this one are all zero */
   uint64_t minv;                 /* hmi_class_minv[cls], likewise */
   struct hm_segment_s *segment;  /* medium segment whose chunk holds the span */
+  /* Bit i set iff object i (below bump) is back in the span.  In the descriptor's padding
+   * when it fits (classes of 176 bytes and up), else running on after it. */
+  uint64_t free_map[];
 } __attribute__((aligned(128))) hm_span_t;
 
 /* Central state of one size class: spans that still have free slots. */
@@ -97,7 +100,7 @@ typedef struct hm_central_s {
   hm_lock_t lock;
   uint32_t span_count;    /* spans of this class alive */
   size_t free_slots;      /* objects in those spans not handed out (free list + bump) */
-  hm_span_t *partial;     /* spans with at least one free slot (free_list or bump) */
+  hm_span_t *partial;     /* spans with at least one free slot (free_map or bump) */
   hm_span_t *empty;       /* one fully free span kept to avoid span churn (or NULL) */
   uint64_t spans_made;    /* spans carved for this class, ever */
   uint64_t spans_released;/* spans given back to the medium heap, ever */

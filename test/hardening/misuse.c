@@ -232,6 +232,25 @@ Test(misuse, double_free_medium_across_threads, .signal = SIGABRT) {
   MISUSE(do_cross_thread_double_free, "hmalloc: free(): double free ", tiered_block(MEDIUM));
 }
 
+/* A small block freed, back in its span, then written after free (its free mark gone) and
+ * freed again: free's own check cannot see it, but its span's free map still has it. */
+static void *free_then_exit(void *p) {
+  free(launder(p)); /* a new thread's first call: the block goes back to its span at once */
+  return NULL;
+}
+static void do_double_free_after_write_after_free(void *p) {
+  pthread_t t;
+  pthread_create(&t, NULL, free_then_exit, p);
+  pthread_join(t, NULL);
+  ((volatile uintptr_t *)p)[1] = 0x4141414141414141u; /* over its free mark */
+  pthread_create(&t, NULL, free_then_exit, p);
+  pthread_join(t, NULL);
+}
+Test(misuse, double_free_small_after_a_write_after_free, .signal = SIGABRT) {
+  MISUSE(do_double_free_after_write_after_free, "hmalloc: free(): double free ",
+         tiered_block(SMALL));
+}
+
 /* ---- heap corruption: damage to hmalloc's data in user memory is reported, not followed ----
  * As above: the report is checked in a child, then the test process aborts the same way. */
 #define CORRUPTION(fn, arg, what, at)                                                       \
