@@ -185,8 +185,7 @@ HM_API void *hm_calloc(size_t count, size_t size) {
   if (p == NULL) return NULL;
   if (HM_UNLIKELY(hmi_check_mode)) return memset(p, 0, total);
   hm_pmentry_t e = hmi_pagemap_get((uintptr_t)p);
-  /* A fresh large mapping is already zero; everything else may be reused memory. */
-  /* A fresh mapping is already zero; a recycled one and everything else may not be. */
+  /* A fresh large mapping is already zero; a recycled one and everything else may not be. */
   if ((e & 7) == HM_PM_LARGE && hmi_large_fresh(hmi_large_of(p, e))) return p;
   return memset(p, 0, total); /* what was asked; bytes past it are not promised */
 }
