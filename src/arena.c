@@ -24,10 +24,18 @@
 
 #include "internal.h"
 
-/* The brk heap grows by the request plus HM_TOP_PAD, and automatic trimming keeps HM_TOP_PAD
- * free at the top: since the pad is at least the largest medium request, a malloc/free pair at
- * the top of the heap never makes it grow and shrink in turn. */
+/* The brk heap grows by the request plus a pad, and automatic trimming keeps the pad free at
+ * the top: since the pad is at least the largest medium request, a malloc/free pair at the
+ * top of the heap never makes it grow and shrink in turn.  A program that frees and
+ * allocates more than that in turn (a batch of small objects: its spans go back to the heap
+ * and come out again) would still trim and regrow the heap at every turn, every page
+ * faulting in again: so the pad doubles each time the heap grows after a trim, up to
+ * HM_TOP_PAD_MAX.  1000 256-byte objects took 17.4 ns per call that way, now 3.4 (mimalloc
+ * 2.3); 2000 of 2 KiB 77 ns, now 7.5 (a ceiling of 256 KiB left them at 66).  What the pad
+ * keeps is the cost: `large` took 7% more peak RSS (153.6 MB, as glibc) in 0.97x the time. */
 #define HM_TOP_PAD ((size_t)128 << 10)
+#define HM_TOP_PAD_MAX ((size_t)4 << 20)
+static size_t top_pad(const hm_arena_t *a) { return a->top_pad ? a->top_pad : HM_TOP_PAD; }
 #define HM_SEGMENT_MIN ((size_t)1 << 20)  /* smallest mmap'ed segment */
 #define HM_BEST_FIT_SCAN 16               /* list entries examined by best fit per bin */
 
@@ -281,7 +289,11 @@ static hm_segment_t *brk_top_segment(hm_arena_t *a) {
  * segment at the top of the break when it is contiguous with it; if something else moved the
  * break it starts a new brk segment. */
 static bool grow_brk(hm_arena_t *a, size_t need) {
-  size_t incr = hm_align_up(need + HM_PAGE + HM_TOP_PAD, HM_PAGE);
+  if (a->trimmed) { /* regrowing after a trim: keep more next time */
+    a->trimmed = 0;
+    a->top_pad = top_pad(a) < HM_TOP_PAD_MAX ? 2 * top_pad(a) : HM_TOP_PAD_MAX;
+  }
+  size_t incr = hm_align_up(need + HM_PAGE + top_pad(a), HM_PAGE);
   if ((intptr_t)incr < 0) return false;
   hm_segment_t *top = brk_top_segment(a);
   void *old = hmi_os_sbrk((intptr_t)incr);
@@ -528,8 +540,9 @@ void hmi_arena_free(void *p, hm_segment_t *seg) {
     /* (the second bound is trim_top's own: testing it here first spares the sbrk(0) that
      * finding the top segment costs when a block freed at the top leaves nothing to give
      * back, as in a malloc/free pair there: 71 of its 750 instructions) */
-    if (size >= hmi_options.trim_threshold && size >= HM_TOP_PAD + HM_CHUNK_MIN + HM_PAGE)
-      trim_top(a, HM_TOP_PAD);
+    if (size >= hmi_options.trim_threshold && size >= top_pad(a) + HM_CHUNK_MIN + HM_PAGE &&
+        trim_top(a, top_pad(a)))
+      a->trimmed = 1;
   } else if (size >= 4 * hmi_options.trim_threshold) {
     /* A big free chunk that is not at the top: blocks kept in medium caches above it may be
      * all that stops the heap from shrinking or the segment from going back.  This thread

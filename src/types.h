@@ -216,6 +216,9 @@ typedef struct hm_arena_s {
   unsigned index;       /* set by hmi_arena_init (unit tests); the set's arenas keep 0 (arena_number) */
   uint8_t use_brk;      /* may grow with sbrk (only the main arena) */
   uint8_t brk_failed;   /* sbrk refused once: carry on with mmap segments */
+  uint8_t trimmed;      /* the brk heap was trimmed and has not grown since */
+  size_t top_pad;       /* free bytes growth adds and trimming keeps at the brk top (0: the
+                           default, HM_TOP_PAD); doubles when the heap regrows after a trim */
   uint64_t fl_bitmap;
   uint32_t sl_bitmap[HM_FL_COUNT];
   hm_chunk_t *bins[HM_FL_COUNT][HM_SL_COUNT];

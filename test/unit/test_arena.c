@@ -251,6 +251,32 @@ Test(arena, brk_top_is_trimmed) {
   cr_assert_eq(hm_heap_check(), 0);
 }
 
+/* A batch of small objects allocated and freed in turn: its spans go back to the heap, whose
+ * top is trimmed, and come out again.  After a few turns the heap keeps enough free at its
+ * top (the pad doubles at each regrowth after a trim) that it stops trimming and regrowing,
+ * each regrowth faulting every page in again; what it keeps stays bounded. */
+Test(arena, batches_that_trim_and_regrow_the_heap_soon_stop_doing_it) {
+  hmi_ensure_init();
+  free(malloc(16));
+  hmi_tcache.arena_index = 0;
+  static void *p[2000];
+  uint64_t grows = 0, trims = 0;
+  for (int turn = 0; turn < 50; turn++) {
+    if (turn == 10) { /* after ten turns, as long as they take */
+      grows = hmi_main_arena.brk_grows;
+      trims = hmi_main_arena.brk_trims;
+    }
+    for (int i = 0; i < 2000; i++) cr_assert_not_null(p[i] = malloc(1024)); /* 2 MB */
+    for (int i = 2000; i-- > 0;) free(p[i]);
+  }
+  uint64_t g = hmi_main_arena.brk_grows - grows, t = hmi_main_arena.brk_trims - trims;
+  cr_expect_eq(t + g, 0, "%llu trims and %llu regrowths in the last 40 turns",
+               (unsigned long long)t, (unsigned long long)g);
+  cr_expect_leq(hmi_arena_top_free(&hmi_main_arena), (size_t)5 << 20, "free top %zu",
+                hmi_arena_top_free(&hmi_main_arena));
+  cr_assert_eq(hm_heap_check(), 0);
+}
+
 static long rss_kib(void) {
   FILE *f = fopen("/proc/self/statm", "r");
   long pages = 0, resident = 0;
