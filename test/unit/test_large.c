@@ -402,18 +402,26 @@ Test(large, block_grows_into_the_rest_of_its_kept_mapping) {
   free(q);
 }
 
+/* A 300 KiB block of 2s in a mapping of its own (*p), and a 2 MiB mapping kept, resident,
+ * with nothing else (returned: its address). */
+static char *block_and_kept_mapping(char **p) {
+  hmi_ensure_init();
+  malloc_trim(0);
+  char *k = malloc(2 << 20);
+  *p = malloc(300 << 10); /* a mapping of its own: the cache is empty */
+  cr_assert(k && *p);
+  memset(k, 1, 2 << 20);
+  memset(*p, 2, 300 << 10);
+  free(k);
+  return k;
+}
+
 /* A block that grows by half or more moves into a kept mapping (resident) rather than
  * growing by mremap into fresh pages that fault when touched. */
 Test(large, big_growth_moves_into_a_kept_mapping) {
-  hmi_ensure_init();
-  malloc_trim(0);
-  const size_t KiB = 1024, MiB = 1 << 20;
-  char *k = malloc(2 * MiB);
-  char *p = malloc(300 * KiB); /* a mapping of its own: the cache is empty */
-  cr_assert(k && p);
-  memset(k, 1, 2 * MiB);
-  memset(p, 2, 300 * KiB);
-  free(k); /* kept, resident */
+  const size_t KiB = 1024;
+  char *p;
+  char *k = block_and_kept_mapping(&p);
   long before = minor_faults();
   char *q = realloc(p, 700 * KiB);
   cr_assert_not_null(q);
@@ -439,16 +447,10 @@ static void *block_the_page_after(char *p, size_t usable) {
  * it, is copied into kept memory (resident) instead of being moved by mremap and growing
  * into fresh pages; its own mapping is kept in turn. */
 Test(large, growth_that_cannot_stay_in_place_copies_into_kept_memory) {
-  hmi_ensure_init();
-  malloc_trim(0);
-  const size_t KiB = 1024, MiB = 1 << 20;
-  char *k = malloc(2 * MiB);
-  char *p = malloc(300 * KiB); /* a mapping of its own: the cache is empty */
-  cr_assert(k && p);
-  memset(k, 1, 2 * MiB);
-  memset(p, 2, 300 * KiB);
+  const size_t KiB = 1024;
+  char *p;
+  char *k = block_and_kept_mapping(&p);
   void *blocker = block_the_page_after(p, malloc_usable_size(p));
-  free(k); /* kept, resident */
   uint64_t maps = hmi_large_maps;
   long before = minor_faults();
   char *q = realloc(p, 400 * KiB); /* a third more: not enough for the rule above */
