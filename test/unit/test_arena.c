@@ -274,6 +274,10 @@ Test(arena, batches_that_trim_and_regrow_the_heap_soon_stop_doing_it) {
                (unsigned long long)t, (unsigned long long)g);
   cr_expect_leq(hmi_arena_top_free(&hmi_main_arena), (size_t)5 << 20, "free top %zu",
                 hmi_arena_top_free(&hmi_main_arena));
+  malloc_trim(0); /* forgets the pad: the free top goes back */
+  cr_expect_lt(hmi_arena_top_free(&hmi_main_arena), (size_t)64 << 10, "free top %zu",
+               hmi_arena_top_free(&hmi_main_arena));
+  cr_expect_eq(hmi_main_arena.top_pad, 0);
   cr_assert_eq(hm_heap_check(), 0);
 }
 
