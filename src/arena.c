@@ -30,9 +30,10 @@
  * allocates more than that in turn (a batch of small objects: its spans go back to the heap
  * and come out again) would still trim and regrow the heap at every turn, every page
  * faulting in again: so the pad doubles each time the heap grows after a trim, up to
- * HM_TOP_PAD_MAX, and malloc_trim resets it.  1000 256-byte objects took 17.4 ns per call that way, now 3.4 (mimalloc
- * 2.3); 2000 of 2 KiB 77 ns, now 7.5 (a ceiling of 256 KiB left them at 66).  What the pad
- * keeps is the cost: `large` took 7% more peak RSS (153.6 MB, as glibc) in 0.97x the time. */
+ * HM_TOP_PAD_MAX, and malloc_trim resets it.  1000 256-byte objects took 17.4 ns per call
+ * that way, now 3.6 (mimalloc 2.3); 2000 of 2 KiB 77 ns, now 7.5 (a ceiling of 256 KiB left
+ * them at 66).  What the pad keeps is the cost: `large` took 7% more peak RSS (153.6 MB, as
+ * glibc) in 0.97x the time. */
 #define HM_TOP_PAD ((size_t)128 << 10)
 #define HM_TOP_PAD_MAX ((size_t)4 << 20)
 static size_t top_pad(const hm_arena_t *a) { return a->top_pad ? a->top_pad : HM_TOP_PAD; }
