@@ -243,10 +243,11 @@ static void give_to_spans(hm_central_t *c, unsigned cls, void *head, uint32_t n)
     uint32_t idx = hmi_class_index((uint32_t)((uintptr_t)p - s->start), cls);
     hm_assert(idx < s->bump);
     uint64_t bit = (uint64_t)1 << (idx % 64);
-    /* Back in its span already: freed twice, its free mark overwritten in between (a use
+    /* Back in its span already: freed twice, its free mark overwritten in between (a write
      * after free), which free's own check cannot see.  Counted twice, the span would be
      * handed back to the heap with this object still in use. */
-    if (HM_UNLIKELY(s->free_map[idx / 64] & bit)) hmi_fatal("hmalloc: free(): double free %p\n", p);
+    if (HM_UNLIKELY(s->free_map[idx / 64] & bit))
+      hmi_fatal("hmalloc: free(): double free %p\n", p);
     s->free_map[idx / 64] |= bit;
     if (idx / 64 < s->map_from) s->map_from = idx / 64;
     s->used--;
@@ -331,8 +332,8 @@ int hmi_span_check(void) {
       bool map_ok = s->bump <= s->capacity;
       for (uint32_t i = 0; map_ok && i < map_words(s->capacity); i++) {
         uint64_t w = s->free_map[i];
-        if (w != 0 && (i < s->map_from || (uint64_t)i * 64 + 63 - (uint64_t)__builtin_clzll(w) >= s->bump))
-          map_ok = false;
+        uint64_t highest = (uint64_t)i * 64 + 63 - (uint64_t)__builtin_clzll(w | 1);
+        if (w != 0 && (i < s->map_from || highest >= s->bump)) map_ok = false;
         free_count += (uint32_t)__builtin_popcountll(w);
       }
       if (!map_ok) {
