@@ -517,6 +517,30 @@ Test(large, kept_mappings_are_unmapped_after_a_second_without_large_calls) {
   cr_expect_eq(hm_heap_check(), 0);
 }
 
+/* Serials tell a block from a later one at the same address (take_back_tail): each block has
+ * its own, never 0, whether it came from a kept mapping (given with the cache's lock), a
+ * fresh mapping or an over-aligned one (given when the block is linked). */
+Test(large, every_block_has_its_own_nonzero_serial) {
+  const size_t KiB = 1024;
+  malloc_trim(0);
+  void *fresh = malloc(600 * KiB);
+  void *gone = malloc(600 * KiB);
+  free(gone);
+  void *kept = malloc(590 * KiB); /* from gone's kept mapping */
+  void *aligned = memalign(64 * KiB, 300 * KiB);
+  cr_assert(fresh && kept && aligned);
+  cr_assert_eq(kept, gone, "the kept mapping was reused");
+  void *blocks[] = {fresh, kept, aligned};
+  uint64_t serial[3];
+  for (int i = 0; i < 3; i++) {
+    serial[i] = ((hm_large_t *)((char *)blocks[i] - HM_LARGE_HEADER))->serial;
+    cr_expect_neq(serial[i], 0, "block %d has serial 0", i);
+    for (int j = 0; j < i; j++) cr_expect_neq(serial[i], serial[j], "blocks %d and %d", j, i);
+  }
+  for (int i = 0; i < 3; i++) free(blocks[i]);
+  malloc_trim(0);
+}
+
 /* A kept mapping up to twice the request is handed out whole (the rest is the block's spare,
  * not usable and not kept apart), and the block grows into its spare in place with no system
  * call; one of more than twice the request is still split and its tail kept. */
