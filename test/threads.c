@@ -1,6 +1,7 @@
 /* threads.c - hmalloc under threads: cross-thread frees through a shared queue with content
  * checks, thousands of threads that allocate and exit (sequentially and concurrently) with
- * bounded memory, and blocks freed after the thread that allocated them has exited.
+ * bounded memory, blocks freed after the thread that allocated them has exited, and a thread
+ * that makes only medium calls.
  * Standard names, in an executable whose malloc is hmalloc. */
 #include <pthread.h>
 #include <sched.h>
@@ -368,4 +369,34 @@ Test(threads, calls_after_cache_teardown_are_counted) {
   cr_expect_eq(after.realloc_count - before.realloc_count, LATE_MALLOCS,
                "%llu reallocs counted, %d made", (unsigned long long)(after.realloc_count - before.realloc_count),
                LATE_MALLOCS);
+}
+
+/* A thread whose only calls are medium mallocs and frees (buffers of 16-20 KiB): its cache
+ * is set up by its first call all the same, so its calls are counted, it uses its medium cache
+ * (not one arena split per malloc) and its own arena.  Such a thread used to stay unset-up:
+ * its calls went uncounted and every one of them to arena 0 under its lock. */
+#define MEDIUM_ONLY_CALLS 2000
+static void *medium_only_body(void *arg) {
+  for (int i = 0; i < MEDIUM_ONLY_CALLS; i++) {
+    char *volatile p = malloc(16384 + (size_t)(i % 8) * 512);
+    if (p == NULL) abort();
+    p[0] = (char)i;
+    free(p);
+  }
+  return arg;
+}
+
+Test(threads, a_thread_making_only_medium_calls_is_counted_and_cached) {
+  free(malloc(1));
+  hm_stats_t before, after;
+  hm_stats_get(&before);
+  pthread_t t;
+  cr_assert_eq(pthread_create(&t, NULL, medium_only_body, NULL), 0);
+  pthread_join(t, NULL);
+  hm_stats_get(&after);
+  cr_expect_geq(after.malloc_count - before.malloc_count, MEDIUM_ONLY_CALLS);
+  cr_expect_geq(after.free_count - before.free_count, MEDIUM_ONLY_CALLS);
+  cr_expect_lt(after.splits - before.splits, MEDIUM_ONLY_CALLS / 10,
+               "%llu chunk splits for %d mallocs: the medium cache was not used",
+               (unsigned long long)(after.splits - before.splits), MEDIUM_ONLY_CALLS);
 }
