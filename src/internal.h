@@ -235,6 +235,7 @@ void hmi_check_free(void *p, hm_pmentry_t e, const char *caller);
 size_t hmi_check_usable(void *p, hm_pmentry_t e, const char *caller);
 bool hmi_check_valid(void *p, hm_pmentry_t e);
 void hmi_check_drain(void);
+void hmi_check_span_released(const hm_span_t *s);
 extern hm_lock_t hmi_quarantine_lock;
 
 /* ---- hooks.c ---- */

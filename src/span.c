@@ -132,6 +132,7 @@ static hm_span_t *span_make(unsigned cls) {
 /* Give an empty span's chunk back to its arena.  Caller holds the central lock. */
 static void span_release(hm_central_t *c, hm_span_t *s) {
   hm_segment_t *seg = s->segment;
+  if (hmi_check_mode) hmi_check_span_released(s);
   hmi_pagemap_set(s->start, HM_SPAN_PAGES, (uintptr_t)seg | HM_PM_MEDIUM);
   HM_RACY_ADD(c->span_count, -1);
   HM_RACY_ADD(c->free_slots, -(size_t)s->capacity);

@@ -7,6 +7,9 @@
  *             (expects an abort: "write after free")
  *   overrun   write bytes past SIZE one after the other, for three pages: a large block's guard
  *             page must stop it at once (prints "fault at block+OFFSET", exits 77)
+ *   recarve   a correct program whose spans are released and carved again at the same
+ *             addresses, with the heap's free chunks split over them in between (SIZE: the
+ *             size of the blocks that fill the spans); exit 0
  *   early-MODE   MODE on a block allocated by a constructor that runs before the library's
  *             own (priority 101), as another library's constructor may: the process's first
  *             allocation must already be made in checking mode */
@@ -75,6 +78,38 @@ int main(int argc, char **argv) {
     sigaction(SIGSEGV, &sa, NULL);
     fprintf(stderr, "block %p\n", (void *)p);
     for (size_t i = n; i < n + 3 * 4096; i++) ((volatile unsigned char *)p)[i] = 0x7f;
+    return 0;
+  }
+  if (strcmp(argv[1], "recarve") == 0) {
+    /* Rounds of: spans of one class filled and freed whole (given back to the heap), then
+     * mixed small and medium blocks carved from that memory and freed, a few blocks kept
+     * so the heap is not trimmed away.  A free chunk split off in between writes its header
+     * and links where an object of the next span of the class will be, in memory no block
+     * was handed out from since. */
+    enum { N = 6000, KEEP = 64 };
+    static unsigned char *b[N];
+    static void *keep[KEEP];
+    static const size_t mixed[] = {24, 40, 72, 100, 200, 5000, 9000, 20000, 33000};
+    unsigned seed = 1;
+    free(p);
+    for (int round = 0; round < 200; round++) {
+      if (round < KEEP) keep[round] = launder(malloc(3000 + (size_t)round));
+      for (int i = 0; i < N; i++) {
+        b[i] = launder(malloc(n));
+        memset(b[i], 0x5a, n);
+      }
+      for (int i = 0; i < N; i++) free(b[i]);
+      for (int i = 0; i < N / 4; i++) {
+        seed = seed * 1103515245u + 12345u;
+        size_t m = mixed[(seed >> 16) % 9];
+        b[i] = launder(malloc(m));
+        memset(b[i], 0x77, m);
+      }
+      for (int i = 0; i < N / 4; i++) free(b[i]);
+      if (round % 8 == 7) malloc_trim(0);
+    }
+    for (int i = 0; i < KEEP; i++) free(keep[i]);
+    printf("ok\n");
     return 0;
   }
   if (strcmp(argv[1], "uaf") == 0) {
