@@ -39,7 +39,7 @@ void *hmi_alloc_small_slow(size_t size) {
     return NULL;
   }
   if (HM_UNLIKELY(hmi_hooks_on)) hmi_hook_alloc(p, size);
-  hmi_tcache_settle();
+  hmi_tcache_settle_alloc();
   return p;
 }
 
@@ -58,7 +58,7 @@ void *hmi_alloc_big(size_t size) {
   HM_RACY_ADD(hmi_tcache.stats.malloc_count, 1);
   if ((hmi_tcache.stats.malloc_count & 1023) == 0) hmi_large_idle_tick();
   if (HM_UNLIKELY(hmi_hooks_on)) hmi_hook_alloc(p, size);
-  hmi_tcache_settle();
+  hmi_tcache_settle_alloc();
   return p;
 fail:
   errno = ENOMEM;
@@ -164,7 +164,7 @@ static void *alloc_aligned(size_t alignment, size_t size) {
   HM_RACY_ADD(hmi_tcache.stats.malloc_count, 1);
   HM_VG_ALLOC(p, size, 0);
   if (HM_UNLIKELY(hmi_hooks_on)) hmi_hook_alloc(p, size);
-  hmi_tcache_settle();
+  hmi_tcache_settle_alloc();
   return p;
 }
 

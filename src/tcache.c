@@ -65,16 +65,20 @@ static void setup(hm_tcache_t *tc);
  * A thread whose cache is torn down (DEAD) still counts its calls in its TLS counters, which
  * no stats reading can see any more: fold them into the totals at the end of each of its
  * calls (all of them take a slow path: its lists are empty and its limits zero).
- * A thread whose cache is not set up (NEW) has made only medium or large calls so far (the
- * small paths set the cache up): set it up now.  Until this was done, such a thread counted
- * its calls where no stats reading saw them, and used arena 0 and no medium cache for good:
- * two threads each allocating and freeing 16-20 KiB blocks took 80-510 ns per pair, all
- * of it in arena 0's lock (glibc 28 ns). */
-void hmi_tcache_settle_slow(void) {
+ * A thread whose cache is not set up (NEW) at the end of an allocation (set_up) has made
+ * only medium or large calls so far (the small paths set the cache up): set it up now.
+ * Until this was done, such a thread counted its calls where no stats reading saw them,
+ * and used arena 0 and no medium cache for good: two threads each allocating and freeing
+ * 16-20 KiB blocks took 116-509 ns per pair, all of it in arena 0's lock (glibc 28 ns).  Not
+ * at the end of a free: glibc frees thread data after the key destructors have run, and a
+ * cache set up then would stay registered after its thread is gone. */
+void hmi_tcache_settle_slow(bool set_up) {
   hm_tcache_t *tc = &hmi_tcache;
   if (tc->state == HM_TC_NEW) {
-    hmi_ensure_init();
-    setup(tc);
+    if (set_up) {
+      hmi_ensure_init();
+      setup(tc);
+    }
     return;
   }
   hm_lock(&hmi_registry_lock);
