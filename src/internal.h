@@ -183,9 +183,10 @@ extern __thread hm_tcache_t hmi_tcache __attribute__((tls_model("initial-exec"))
 void *hmi_tcache_alloc_slow(unsigned cls);
 void hmi_tcache_free_slow(void *p, unsigned cls);
 void hmi_tcache_settle_slow(bool set_up);
-/* At the end of every slow path: a thread past its cache's teardown folds its counters. */
+/* At the end of every slow path: a thread past its cache's teardown, or not set up yet,
+ * folds its counters into the totals (tcache.c). */
 static inline void hmi_tcache_settle(void) {
-  if (HM_UNLIKELY(hmi_tcache.state == HM_TC_DEAD)) hmi_tcache_settle_slow(false);
+  if (HM_UNLIKELY(hmi_tcache.state != HM_TC_LIVE)) hmi_tcache_settle_slow(false);
 }
 /* The same at the end of an allocation's slow path, which also sets up a cache not set up
  * yet (a thread whose first calls are medium or large; tcache.c). */

@@ -1,7 +1,7 @@
 /* threads.c - hmalloc under threads: cross-thread frees through a shared queue with content
  * checks, thousands of threads that allocate and exit (sequentially and concurrently) with
- * bounded memory, blocks freed after the thread that allocated them has exited, and a thread
- * that makes only medium calls.
+ * bounded memory, blocks freed after the thread that allocated them has exited, and threads
+ * that make only medium calls or only medium and large frees.
  * Standard names, in an executable whose malloc is hmalloc. */
 #include <pthread.h>
 #include <sched.h>
@@ -399,4 +399,28 @@ Test(threads, a_thread_making_only_medium_calls_is_counted_and_cached) {
   cr_expect_lt(after.splits - before.splits, MEDIUM_ONLY_CALLS / 10,
                "%llu chunk splits for %d mallocs: the medium cache was not used",
                (unsigned long long)(after.splits - before.splits), MEDIUM_ONLY_CALLS);
+}
+
+/* A thread whose only calls are frees of medium and large blocks (allocated by another
+ * thread) does not set its cache up, but its frees are counted all the same. */
+static void *medium_free_body(void *arg) {
+  void **blocks = arg;
+  for (int i = 0; i < MEDIUM_ONLY_CALLS; i++) free(blocks[i]);
+  return NULL;
+}
+
+Test(threads, a_thread_making_only_medium_and_large_frees_is_counted) {
+  static void *blocks[MEDIUM_ONLY_CALLS];
+  for (int i = 0; i < MEDIUM_ONLY_CALLS; i++) {
+    blocks[i] = malloc(i % 100 == 0 ? 200000 : 16384 + (size_t)(i % 8) * 512);
+    cr_assert_not_null(blocks[i]);
+  }
+  hm_stats_t before, after;
+  hm_stats_get(&before);
+  pthread_t t;
+  cr_assert_eq(pthread_create(&t, NULL, medium_free_body, blocks), 0);
+  pthread_join(t, NULL);
+  hm_stats_get(&after);
+  cr_expect_geq(after.free_count - before.free_count, MEDIUM_ONLY_CALLS, "%llu frees counted",
+                (unsigned long long)(after.free_count - before.free_count));
 }
