@@ -26,16 +26,15 @@
 
 #include "stats_internal.h"
 
-uint64_t hmi_global_stats[5]; /* malloc, free, realloc, refills, flushes of dead threads */
+uint64_t hmi_global_stats[5]; /* malloc, free, realloc, refills, flushes of dead threads (and of
+                              * frees by threads not set up, tcache.c) */
 static size_t peak_mapped, peak_allocated;
 static size_t last_cached_bytes; /* thread-cache bytes at the last reading */
 
 void hmi_stats_fold(const hm_tstats_t *t) {
-  __atomic_fetch_add(&hmi_global_stats[0], t->malloc_count, __ATOMIC_RELAXED);
-  __atomic_fetch_add(&hmi_global_stats[1], t->free_count, __ATOMIC_RELAXED);
-  __atomic_fetch_add(&hmi_global_stats[2], t->realloc_count, __ATOMIC_RELAXED);
-  __atomic_fetch_add(&hmi_global_stats[3], t->refills, __ATOMIC_RELAXED);
-  __atomic_fetch_add(&hmi_global_stats[4], t->flushes, __ATOMIC_RELAXED);
+  const uint64_t v[5] = {t->malloc_count, t->free_count, t->realloc_count, t->refills, t->flushes};
+  for (int i = 0; i < 5; i++) /* only the non-zero ones: a thread folding one free adds one */
+    if (v[i] != 0) __atomic_fetch_add(&hmi_global_stats[i], v[i], __ATOMIC_RELAXED);
 }
 
 static inline uint32_t class_capacity(unsigned c) {

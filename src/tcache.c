@@ -71,14 +71,21 @@ static void setup(hm_tcache_t *tc);
  * and used arena 0 and no medium cache for good: two threads each allocating and freeing
  * 16-20 KiB blocks took 116-509 ns per pair, all of it in arena 0's lock (glibc 28 ns).  Not
  * at the end of a free: glibc frees thread data after the key destructors have run, and a
- * cache set up then would stay registered after its thread is gone.  Such a free's counters
- * are folded as a dead thread's are (a thread that only frees medium or large blocks was
- * counted nowhere). */
+ * cache set up then would stay registered after its thread is gone.  Such a free's counts go
+ * straight to the totals (a thread that only frees medium or large blocks was counted
+ * nowhere): only its call counters can be non-zero (the per-class ones move on the small
+ * paths, which set the cache up), and folding them needs no lock. */
 void hmi_tcache_settle_slow(bool set_up) {
   hm_tcache_t *tc = &hmi_tcache;
-  if (tc->state == HM_TC_NEW && set_up) {
-    hmi_ensure_init();
-    setup(tc);
+  if (tc->state == HM_TC_NEW) {
+    if (set_up) {
+      hmi_ensure_init();
+      setup(tc);
+    } else {
+      hmi_stats_fold(&tc->stats);
+      tc->stats.malloc_count = tc->stats.free_count = tc->stats.realloc_count = 0;
+      tc->stats.refills = tc->stats.flushes = 0;
+    }
     return;
   }
   hm_lock(&hmi_registry_lock);
